@@ -1,0 +1,155 @@
+"""Activation capture with streaming reductions inside the forward hooks.
+
+For each (prompt, response) pair and each layer, the hooks on ``blocks.{l}.hook_resid_post``
+reduce the batch's activations as the forward runs to
+
+* ``response_mean``: mean over the response tokens;
+* ``last_prompt``:   the last prompt token (the Persona Vectors monitoring position);
+* ``prompt_mean``:   mean over the prompt tokens,
+
+so memory is ``O(n x layers x d_model)`` and never ``[batch, pos, layers, d_model]``. The LM
+head is never run, and the forward stops after the deepest requested layer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .chat import Messages, as_messages, make_batch, prompt_ids, response_ids
+from .errors import EmptyResponseError
+from .models import check_layer, d_model, decoder, decoder_layers, model_device, n_layers, native
+from .steering import Steering
+
+REDUCTIONS = ("response_mean", "last_prompt", "prompt_mean")
+
+
+class _StopForward(Exception):
+    pass
+
+
+@dataclass
+class Captured:
+    """``data[reduction]`` is ``[n, len(layers), d_model]`` float32 on the CPU."""
+
+    layers: list[int]
+    data: dict[str, Float[Tensor, "n layers d_model"]]
+
+    def __getitem__(self, reduction: str) -> Tensor:
+        return self.data[reduction]
+
+    def at(self, reduction: str, layer: int) -> Float[Tensor, "n d_model"]:
+        return self.data[reduction][:, self.layers.index(layer)]
+
+
+def _hidden(output):
+    return output[0] if isinstance(output, tuple) else output
+
+
+def capture(
+    model,
+    prompts: Sequence[str | Messages],
+    responses: Sequence[str] | None = None,
+    *,
+    layers: Iterable[int] | None = None,
+    reductions: Sequence[str] = REDUCTIONS,
+    batch_size: int = 8,
+    steering: Steering | None = None,
+    progress: bool = True,
+    desc: str = "capture",
+) -> Captured:
+    """Reduced ``hook_resid_post`` activations for prompts (and optional responses).
+
+    With ``responses=None`` only prompt reductions are available. With ``steering``, the
+    forward is steered at the positions that generation would have steered (``response``:
+    last prompt token + response tokens; ``prompt``: prompt tokens; ``all``: every token).
+    """
+    tok = model.tokenizer
+    layers = list(range(n_layers(model))) if layers is None else sorted({check_layer(model, l) for l in layers})
+    for r in reductions:
+        if r not in REDUCTIONS:
+            raise ValueError(f"unknown reduction {r!r}; choose from {REDUCTIONS}")
+    if responses is None and "response_mean" in reductions:
+        reductions = [r for r in reductions if r != "response_mean"]
+    p_ids = [prompt_ids(tok, as_messages(p)) for p in prompts]
+    r_ids = None
+    if responses is not None:
+        if len(responses) != len(prompts):
+            raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+        r_ids = [response_ids(tok, r) for r in responses]
+        empty = [i for i, r in enumerate(r_ids) if not r]
+        if empty and "response_mean" in reductions:
+            raise EmptyResponseError(
+                f"{len(empty)} response(s) have zero tokens (first: row {empty[0]}, text {responses[empty[0]]!r}); "
+                "drop them or generate longer responses")
+    n, width = len(prompts), d_model(model)
+    out = {r: torch.zeros(n, len(layers), width, dtype=torch.float32) for r in reductions}
+    layer_pos = {l: i for i, l in enumerate(layers)}
+    deepest = max(layers)
+    state: dict = {}
+
+    def make_hook(layer: int):
+        def hook(_module, _args, output):
+            h = _hidden(output).float()
+            i, sl = layer_pos[layer], state["rows"]
+            if "response_mean" in out:
+                m = state["response_mask"]
+                out["response_mean"][sl, i] = ((h * m).sum(1) / m.sum(1)).cpu()
+            if "prompt_mean" in out:
+                m = state["prompt_mask"]
+                out["prompt_mean"][sl, i] = ((h * m).sum(1) / m.sum(1)).cpu()
+            if "last_prompt" in out:
+                out["last_prompt"][sl, i] = h[state["arange"], state["last"]].cpu()
+            if layer == deepest:
+                raise _StopForward
+
+        return hook
+
+    device = model_device(model)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    layer_modules = decoder_layers(model)
+    bar = tqdm(total=n, desc=desc, disable=not progress or n <= batch_size, leave=False)
+    with native(model), torch.inference_mode():
+        base = decoder(model)
+        handles = [layer_modules[l].register_forward_hook(make_hook(l)) for l in layers]
+        try:
+            for start in range(0, n, batch_size):
+                sl = slice(start, min(start + batch_size, n))
+                batch = make_batch(p_ids[sl], r_ids[sl] if r_ids else None, pad,
+                                   require_response="response_mean" in reductions).to(device)
+                state.update(rows=sl, last=batch.last_prompt_index, arange=torch.arange(len(batch.last_prompt_index), device=device),
+                             response_mask=batch.response_mask[:, :, None].float(),
+                             prompt_mask=batch.prompt_mask[:, :, None].float())
+                ctx = contextlib.nullcontext()
+                if steering is not None:
+                    steer_mask = {
+                        "all": batch.attention_mask.bool(),
+                        "prompt": batch.prompt_mask,
+                        "response": batch.response_mask | _one_hot(batch.last_prompt_index, batch.input_ids.shape[1]),
+                    }[steering.positions]
+                    ctx = contextlib.ExitStack()
+                    ctx.enter_context(steering.select(range(sl.start, sl.stop)).apply(model))
+                    ctx.enter_context(steering.position_mask(steer_mask))
+                with ctx:
+                    try:
+                        base(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+                    except _StopForward:
+                        pass
+                bar.update(sl.stop - sl.start)
+        finally:
+            for h in handles:
+                h.remove()
+    bar.close()
+    return Captured(layers, out)
+
+
+def _one_hot(index: Tensor, width: int) -> Tensor:
+    m = torch.zeros(index.shape[0], width, dtype=torch.bool, device=index.device)
+    m[torch.arange(index.shape[0], device=index.device), index] = True
+    return m
