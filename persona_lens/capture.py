@@ -96,16 +96,17 @@ def capture(
 
     def make_hook(layer: int):
         def hook(_module, _args, output):
-            h = _hidden(output).float()
-            i, sl = layer_pos[layer], state["rows"]
-            if "response_mean" in out:
-                m = state["response_mask"]
-                out["response_mean"][sl, i] = ((h * m).sum(1) / m.sum(1)).cpu()
-            if "prompt_mean" in out:
-                m = state["prompt_mask"]
-                out["prompt_mean"][sl, i] = ((h * m).sum(1) / m.sum(1)).cpu()
-            if "last_prompt" in out:
-                out["last_prompt"][sl, i] = h[state["arange"], state["last"]].cpu()
+            h = _hidden(output)
+            if h.dtype != torch.float32:  # float32 models: no copy
+                h = h.float()
+            i, buf = layer_pos[layer], state["buf"]
+            # Masked means as one batched matmul ([b,1,pos] @ [b,pos,d]): no [b,pos,d] temporary.
+            # Results stay on the model's device until the batch ends (one transfer per batch,
+            # no per-layer device sync).
+            for r, (m, count) in state["means"].items():
+                buf[r][:, i] = torch.bmm(m, h)[:, 0] / count
+            if "last_prompt" in buf:
+                buf["last_prompt"][:, i] = h[state["arange"], state["last"]]
             if layer == deepest:
                 raise _StopForward
 
@@ -123,9 +124,13 @@ def capture(
                 sl = slice(start, min(start + batch_size, n))
                 batch = make_batch(p_ids[sl], r_ids[sl] if r_ids else None, pad,
                                    require_response="response_mean" in reductions).to(device)
-                state.update(rows=sl, last=batch.last_prompt_index, arange=torch.arange(len(batch.last_prompt_index), device=device),
-                             response_mask=batch.response_mask[:, :, None].float(),
-                             prompt_mask=batch.prompt_mask[:, :, None].float())
+                rows = sl.stop - sl.start
+                masks = {"response_mean": batch.response_mask, "prompt_mean": batch.prompt_mask}
+                state.update(last=batch.last_prompt_index, arange=torch.arange(rows, device=device),
+                             means={r: (masks[r][:, None, :].float(), masks[r].sum(1, keepdim=True).float())
+                                    for r in out if r in masks},
+                             buf={r: torch.zeros(rows, len(layers), width, dtype=torch.float32, device=device)
+                                  for r in out})
                 ctx = contextlib.nullcontext()
                 if steering is not None:
                     steer_mask = {
@@ -134,13 +139,18 @@ def capture(
                         "response": batch.response_mask | _one_hot(batch.last_prompt_index, batch.input_ids.shape[1]),
                     }[steering.positions]
                     ctx = contextlib.ExitStack()
-                    ctx.enter_context(steering.select(range(sl.start, sl.stop)).apply(model))
-                    ctx.enter_context(steering.position_mask(steer_mask))
+                    # the mask must sit on the object whose hooks run: select() returns a copy
+                    # for per-row steering
+                    selected = steering.select(range(sl.start, sl.stop))
+                    ctx.enter_context(selected.apply(model))
+                    ctx.enter_context(selected.position_mask(steer_mask))
                 with ctx:
                     try:
                         base(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
                     except _StopForward:
                         pass
+                for r, b in state["buf"].items():
+                    out[r][sl] = b.cpu()
                 bar.update(sl.stop - sl.start)
         finally:
             for h in handles:

@@ -160,11 +160,13 @@ def generate_contrastive(
             todo = [it for it in batch if row_key(it) not in done]
             if not todo:
                 continue
+            # Always the whole batch, even if an interruption left part of it on disk: the same
+            # batch composition, padding and seed as an uninterrupted run, hence the same rows.
             prompts = [[{"role": "system", "content": it["system"]}, {"role": "user", "content": it["question"]}]
-                       for it in todo]
+                       for it in batch]
             texts = generate(model, prompts, max_new_tokens=max_new_tokens, temperature=temperature,
-                             seed=seed * 100_003 + b, batch_size=len(todo), progress=False)
-            rows = [{**it, "response": t} for it, t in zip(todo, texts)]
+                             seed=seed * 100_003 + b, batch_size=len(batch), progress=False)
+            rows = [{**it, "response": t} for it, t in zip(batch, texts) if row_key(it) not in done]
             sink.write(rows)
             done.update((row_key(r), r) for r in rows)
             bar.update(len(rows))

@@ -75,13 +75,16 @@ def cmd_extract(args) -> int:
     from ..extract import extract
     from ..personas import load_persona
 
-    spec = load_persona(args.persona)
-    judge = None
-    if args.judge and args.judge != "none":
-        from ..judges import make_judge
+    from ..judges import make_judge
+    from ..judges.base import parse_backend
 
-        judge = make_judge(args.judge)
+    spec = load_persona(args.persona)
     model = _load(args)
+    kind, judge_model = parse_backend(args.judge or "none")
+    kwargs = {}
+    if kind == "local" and judge_model in ("", args.model):
+        kwargs["model"] = model  # judge with the loaded model instead of loading a second copy
+    judge = make_judge(args.judge or "none", **kwargs)
     vector, report = extract(
         model, spec, args.out, responses_path=args.responses, n_per_question=args.n_per_question,
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed,

@@ -21,8 +21,6 @@ if TYPE_CHECKING:  # pragma: no cover
 MIN_NUMBER_MASS = 0.25
 MAX_SCORE = 100
 
-Score = Union[float, None]
-
 
 @runtime_checkable
 class Judge(Protocol):

@@ -107,7 +107,7 @@ class EmbeddingJudge(BaseJudge):
     name = "embedding"
     supports_coherence = False
 
-    def __init__(self, *, C: float = 1.0, max_iter: int = 1000, random_state: int = 0):
+    def __init__(self, *, C: float = 10.0, max_iter: int = 1000, random_state: int = 0):
         self.C = float(C)
         self.max_iter = int(max_iter)
         self.random_state = random_state

@@ -1,16 +1,18 @@
 """A judge that runs on a local model (any model from ``persona_lens.models.load_model``).
 
 The score is the Persona Vectors rule applied to the model's own next-token distribution,
-made exact for tokenizers that split numbers into several tokens. SmolLM2, Llama 3 and Gemma
-tokenize "57" as "5", "7" (or as one token, depending on the tokenizer); the probability of
-answering 57 is then
+made exact for tokenizers that split numbers into several tokens. SmolLM2 and Gemma tokenize
+"57" as "5", "7" (Llama 3 as one token; both kinds are handled); the probability of answering
+57 is then
 
     P("57") = P("5") * P("7" | "5") * P(next token does not start with a digit | "57"),
 
-the last factor separating 57 from 570 or 5.7e... (a digit would make it another number).
+the last factor separating 57 from 570 (a following digit would make it another number). One
+whitespace-only token before the number is allowed (Gemma may answer "▁", "5", "7").
 ``number_distribution`` walks the digit tree level by level: every reachable prefix of an
 integer 0..100 is one continuation, and all continuations of one level go through the model in
-one batched forward pass that reuses the prompt's KV cache. Prefixes whose probability is below
+one forward pass after the prompt's KV cache, packed as a token tree with a 4-D attention mask
+(each token sees the prompt and its own ancestors). Prefixes whose probability is below
 ``prune`` are not expanded (their mass counts as "not a number", which only lowers the mass).
 """
 
@@ -48,10 +50,10 @@ def token_texts_from_tokenizer(tokenizer: Any, vocab_size: int | None = None) ->
 
 
 class _DigitVocab:
-    """Which tokens are digit strings, and which start with a digit."""
+    """Which tokens are digit strings, which are whitespace only, and which start with a digit."""
 
     def __init__(self, token_texts: Sequence[str]):
-        ids, digits, leading_ws = [], [], []
+        ids, digits, leading_ws, ws_ids = [], [], [], []
         starts = np.zeros(len(token_texts), dtype=bool)
         for i, text in enumerate(token_texts):
             if text[:1] and text[:1] in "0123456789":
@@ -61,9 +63,12 @@ class _DigitVocab:
                 ids.append(i)
                 digits.append(core)
                 leading_ws.append(core != text)
+            elif text and not text.strip():
+                ws_ids.append(i)
         self.ids = np.asarray(ids, dtype=np.int64)
         self.digits = digits
         self.leading_ws = np.asarray(leading_ws, dtype=bool)
+        self.ws_ids = np.asarray(ws_ids, dtype=np.int64)
         self.starts_with_digit = starts
 
 
@@ -90,13 +95,14 @@ def number_distribution(
     """
     vocab = vocab or _DigitVocab(token_texts)
     out: dict[int, float] = {}
-    frontier: list[tuple[tuple[int, ...], str, float]] = [((), "", 1.0)]
+    # (continuation, digits so far, probability of reaching it, is the root)
+    frontier: list[tuple[tuple[int, ...], str, float, bool]] = [((), "", 1.0, True)]
     while frontier:
-        dists = next_logprobs([cont for cont, _, _ in frontier])
+        dists = next_logprobs([cont for cont, _, _, _ in frontier])
         if len(dists) != len(frontier):
             raise JudgeError("next_logprobs returned the wrong number of distributions")
         new_frontier = []
-        for (cont, prefix, p_reach), logprobs in zip(frontier, dists):
+        for (cont, prefix, p_reach, is_root), logprobs in zip(frontier, dists):
             probs = np.exp(np.asarray(logprobs, dtype=np.float64))
             if prefix:
                 p_more_digits = float(probs[vocab.starts_with_digit].sum())
@@ -104,7 +110,7 @@ def number_distribution(
                 value = int(prefix)
                 out[value] = out.get(value, 0.0) + p_reach * p_stop
             for j, tok in enumerate(vocab.ids):
-                if prefix and vocab.leading_ws[j]:
+                if vocab.leading_ws[j] and not is_root:
                     continue  # "5" then " 7" is not 57
                 text = prefix + vocab.digits[j]
                 if not _valid_number_prefix(text, max_value):
@@ -112,7 +118,12 @@ def number_distribution(
                 p_next = p_reach * float(probs[tok])
                 if p_next <= 0.0 or p_next < prune:
                     continue
-                new_frontier.append((cont + (int(tok),), text, p_next))
+                new_frontier.append((cont + (int(tok),), text, p_next, False))
+            if is_root:  # one whitespace-only token before the number: " " then "57"
+                for tok in vocab.ws_ids:
+                    p_next = float(probs[tok])
+                    if p_next > 0.0 and p_next >= prune:
+                        new_frontier.append((cont + (int(tok),), "", p_next, False))
         frontier = new_frontier
     return out
 
@@ -125,7 +136,8 @@ class LocalJudge(BaseJudge):
         name: shown in reports and used in cache keys (default ``local:<model name>``).
         min_mass: below this probability on integers 0..100 the score is None (paper: 0.25).
         prune: digit prefixes less likely than this are not expanded.
-        batch_size: continuations per forward pass.
+        batch_size: continuations per forward pass when recomputing (architectures that reject
+            the tree-masked pass).
         cache_dir: optional on-disk result cache (None: no cache).
     """
 
@@ -136,7 +148,7 @@ class LocalJudge(BaseJudge):
         name: str | None = None,
         min_mass: float = MIN_NUMBER_MASS,
         prune: float = 1e-4,
-        batch_size: int = 64,
+        batch_size: int = 16,
         cache_dir: str | os.PathLike | None = None,
     ):
         self.model = model
@@ -147,7 +159,8 @@ class LocalJudge(BaseJudge):
         self.batch_size = int(batch_size)
         self.cache = JudgeCache(cache_dir) if cache_dir is not None else None
         self._vocab: _DigitVocab | None = None
-        self._use_kv_cache = True
+        self._use_tree = True  # one tree-masked pass per level; False: recompute each continuation
+        self._tree_checked = False
 
     @classmethod
     def from_name(
@@ -195,48 +208,89 @@ class LocalJudge(BaseJudge):
         ids = self._prompt_ids(prompt)
         if not ids:
             raise JudgeError("the judge prompt tokenized to zero tokens")
+        from ..models import model_device
+
         hf = self._hf()
-        device = next(hf.parameters()).device
+        device = model_device(self.model)
         with self._native(), torch.no_grad():
             out = hf(input_ids=torch.tensor([ids], device=device), use_cache=True)
             root = torch.log_softmax(out.logits[0, -1].float(), dim=-1).cpu().numpy()
             prompt_cache = getattr(out, "past_key_values", None)
-            n_ctx = len(ids)
 
             def next_logprobs(conts: list[tuple[int, ...]]) -> list[np.ndarray]:
                 if conts == [()]:
                     return [root]
-                results: list[np.ndarray] = []
-                for start in range(0, len(conts), self.batch_size):
-                    chunk = conts[start : start + self.batch_size]
-                    results.extend(self._forward_continuations(hf, device, ids, prompt_cache, n_ctx, chunk))
-                return results
+                if self._use_tree and prompt_cache is not None:
+                    tree = self._tree_forward(hf, device, prompt_cache, ids, conts)
+                    if tree is not None:
+                        return tree
+                return self._full_forward(hf, device, ids, conts)
 
             vocab = self._digit_vocab(root.shape[-1])
             return number_distribution(next_logprobs, (), prune=self.prune, vocab=vocab)
 
-    def _forward_continuations(self, hf, device, ids, prompt_cache, n_ctx, chunk) -> list[np.ndarray]:
+    def _tree_forward(self, hf, device, prompt_cache, ids, conts) -> list[np.ndarray] | None:
+        """All continuations in one forward pass: their tokens form a tree after the cached prompt.
+
+        Each tree node is one token at position ``n_ctx + depth - 1`` that attends to the prompt
+        and to its own ancestors only (a 4-D additive attention mask), so one sequence of ~100
+        tokens replaces ~100 sequences. Checked once against plain recomputation; on any
+        mismatch or error the judge falls back to recomputation for good.
+        """
         import torch
 
-        n, k = len(chunk), len(chunk[0])
-        cont = torch.tensor(chunk, device=device)
-        if self._use_kv_cache and prompt_cache is not None and hasattr(prompt_cache, "batch_repeat_interleave"):
-            try:
-                cache = copy.deepcopy(prompt_cache)
-                cache.batch_repeat_interleave(n)
-                out = hf(
-                    input_ids=cont,
-                    past_key_values=cache,
-                    attention_mask=torch.ones(n, n_ctx + k, dtype=torch.long, device=device),
-                    position_ids=torch.arange(n_ctx, n_ctx + k, device=device).unsqueeze(0).expand(n, k),
-                    use_cache=True,
-                )
-                return list(torch.log_softmax(out.logits[:, -1].float(), dim=-1).cpu().numpy())
-            except Exception:  # an architecture whose cache cannot be batched: recompute
-                self._use_kv_cache = False
-        full = torch.cat([torch.tensor([ids], device=device).expand(n, n_ctx), cont], dim=1)
-        out = hf(input_ids=full, use_cache=False)
-        return list(torch.log_softmax(out.logits[:, -1].float(), dim=-1).cpu().numpy())
+        n_ctx = len(ids)
+        try:
+            index: dict[tuple[int, ...], int] = {}
+            order: list[tuple[int, ...]] = []
+            for cont in conts:
+                for depth in range(1, len(cont) + 1):
+                    node = cont[:depth]
+                    if node not in index:
+                        index[node] = len(order)
+                        order.append(node)
+            n_nodes = len(order)
+            allowed = torch.zeros(n_nodes, n_ctx + n_nodes, dtype=torch.bool)
+            allowed[:, :n_ctx] = True
+            for i, node in enumerate(order):
+                for depth in range(1, len(node) + 1):
+                    allowed[i, n_ctx + index[node[:depth]]] = True
+            dtype = hf.get_input_embeddings().weight.dtype
+            mask = torch.zeros(1, 1, n_nodes, n_ctx + n_nodes, dtype=dtype)
+            mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+            out = hf(
+                input_ids=torch.tensor([[node[-1] for node in order]], device=device),
+                position_ids=torch.tensor([[n_ctx + len(node) - 1 for node in order]], device=device),
+                attention_mask=mask.to(device),
+                past_key_values=copy.deepcopy(prompt_cache),
+                use_cache=True,
+            )
+            logprobs = torch.log_softmax(out.logits[0].float(), dim=-1).cpu().numpy()
+            result = [logprobs[index[cont]] for cont in conts]
+        except Exception:  # an architecture that rejects 4-D masks or cache copies
+            self._use_tree = False
+            return None
+        if not self._tree_checked:
+            check = list(range(min(2, len(conts))))  # compare a couple with plain recomputation
+            reference = self._full_forward(hf, device, ids, [conts[i] for i in check])
+            worst = max(float(np.abs(np.exp(result[i]) - np.exp(ref)).max()) for i, ref in zip(check, reference))
+            self._tree_checked = True
+            if worst > 2e-2:
+                self._use_tree = False
+                return None
+        return result
+
+    def _full_forward(self, hf, device, ids, conts) -> list[np.ndarray]:
+        """Recompute prompt + continuation for every continuation (slow, always correct)."""
+        import torch
+
+        results: list[np.ndarray] = []
+        for start in range(0, len(conts), self.batch_size):
+            chunk = conts[start : start + self.batch_size]
+            full = torch.tensor([list(ids) + list(c) for c in chunk], device=device)
+            out = hf(input_ids=full, use_cache=False)
+            results.extend(torch.log_softmax(out.logits[:, -1].float(), dim=-1).cpu().numpy())
+        return results
 
     # ------------------------------------------------------------------ public
     def score(self, prompt: str) -> float | None:

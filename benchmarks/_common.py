@@ -1,0 +1,365 @@
+"""Shared helpers for the scripts in ``benchmarks/``.
+
+* command-line arguments every benchmark takes (``add_common_args``): ``--model`` (an embedded
+  name, HF id or local path) or ``--shape`` (random weights of a named architecture, no
+  download), ``--n-layers`` (shrink a shape's depth), ``--device``, ``--dtype``,
+  ``--repeats``, ``--warmup``, ``--seed``;
+* ``load_subject(args)``: a persona_lens ``TransformerBridge`` for ``--model`` or ``--shape``,
+  plus an *independent* plain-HF baseline model (``plain_hf_baseline``);
+* ``SHAPES``: HF config dicts of real models (``qwen2.5-7b``, ``llama-3.1-8b``, ``gemma-3-4b``,
+  and the small ``smollm2-135m``/``gemma-3-270m`` for smoke runs), instantiated with random
+  weights (``random_hf_model``) — the throughput of a shape does not depend on its weights;
+* timing (``time_call``: CUDA-synchronized wall time), ``median``, peak memory
+  (``reset_peak_memory``/``peak_memory_mb``), ``environment``;
+* ``chat_prompt_of_length``: chat prompts whose templated length is exactly N tokens;
+* ``emit``: one human-readable line, then one JSON line (``{"benchmark": ...}``) per result.
+
+Random-shape models use the embedded SmolLM2 tokenizer (49,152 ids, fewer than every shape's
+vocabulary, so every prompt id is valid; generated ids beyond it decode to nothing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import random
+import resource
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+# Make `persona_lens` importable when a script runs from a source checkout without installing.
+_REPO = Path(__file__).resolve().parents[1]
+if str(_REPO) not in sys.path:
+    sys.path.insert(0, str(_REPO))
+
+# --------------------------------------------------------------------------- named shapes
+
+# Text-model configs as published in each model's config.json (rope scaling included; fields a
+# given transformers version does not know are ignored or converted by it).
+SHAPES: dict[str, dict[str, Any]] = {
+    "qwen2.5-7b": dict(
+        model_type="qwen2", architectures=["Qwen2ForCausalLM"],
+        hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
+        num_attention_heads=28, num_key_value_heads=4, vocab_size=152064,
+        max_position_embeddings=32768, rope_theta=1_000_000.0, rms_norm_eps=1e-6,
+        hidden_act="silu", tie_word_embeddings=False, use_sliding_window=False,
+        bos_token_id=151643, eos_token_id=151643,
+    ),
+    "llama-3.1-8b": dict(
+        model_type="llama", architectures=["LlamaForCausalLM"],
+        hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+        num_attention_heads=32, num_key_value_heads=8, vocab_size=128256,
+        max_position_embeddings=131072, rope_theta=500_000.0, rms_norm_eps=1e-5,
+        hidden_act="silu", tie_word_embeddings=False, mlp_bias=False, attention_bias=False,
+        rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                      "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
+        bos_token_id=128000, eos_token_id=128001,
+    ),
+    "gemma-3-4b": dict(  # the text tower of google/gemma-3-4b-it
+        model_type="gemma3_text", architectures=["Gemma3ForCausalLM"],
+        hidden_size=2560, intermediate_size=10240, num_hidden_layers=34,
+        num_attention_heads=8, num_key_value_heads=4, head_dim=256, vocab_size=262208,
+        max_position_embeddings=131072, rope_theta=1_000_000.0, rope_local_base_freq=10_000.0,
+        rope_scaling={"rope_type": "linear", "factor": 8.0}, sliding_window=1024,
+        query_pre_attn_scalar=256, rms_norm_eps=1e-6, hidden_activation="gelu_pytorch_tanh",
+        final_logit_softcapping=None, attn_logit_softcapping=None, tie_word_embeddings=True,
+        bos_token_id=2, eos_token_id=1, pad_token_id=0,
+    ),
+    "smollm2-135m": dict(
+        model_type="llama", architectures=["LlamaForCausalLM"],
+        hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+        num_attention_heads=9, num_key_value_heads=3, vocab_size=49152,
+        max_position_embeddings=8192, rope_theta=100_000.0, rms_norm_eps=1e-5,
+        hidden_act="silu", tie_word_embeddings=True, bos_token_id=1, eos_token_id=2,
+    ),
+    "gemma-3-270m": dict(
+        model_type="gemma3_text", architectures=["Gemma3ForCausalLM"],
+        hidden_size=640, intermediate_size=2048, num_hidden_layers=18,
+        num_attention_heads=4, num_key_value_heads=1, head_dim=256, vocab_size=262144,
+        max_position_embeddings=32768, rope_theta=1_000_000.0, rope_local_base_freq=10_000.0,
+        sliding_window=512, query_pre_attn_scalar=256, rms_norm_eps=1e-6,
+        hidden_activation="gelu_pytorch_tanh", tie_word_embeddings=True,
+        bos_token_id=2, eos_token_id=1, pad_token_id=0,
+    ),
+}
+
+
+def shape_config(shape: str, n_layers: int | None = None):
+    """A transformers config for a named shape (no download); ``n_layers`` shrinks the depth."""
+    from transformers import AutoConfig
+
+    if shape not in SHAPES:
+        raise SystemExit(f"unknown --shape {shape!r}; choose from {', '.join(SHAPES)}")
+    fields = dict(SHAPES[shape])
+    model_type = fields.pop("model_type")
+    if n_layers is not None:
+        fields["num_hidden_layers"] = n_layers
+    config = AutoConfig.for_model(model_type, **fields)
+    if getattr(config, "layer_types", None) is not None and len(config.layer_types) != config.num_hidden_layers:
+        config.layer_types = config.layer_types[: config.num_hidden_layers]
+    return config
+
+
+def random_hf_model(shape: str, device: str, dtype: torch.dtype, n_layers: int | None = None, seed: int = 0):
+    """``AutoModelForCausalLM`` of a named shape with random weights, built directly on ``device``."""
+    from transformers import AutoModelForCausalLM
+
+    config = shape_config(shape, n_layers)
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation="sdpa")
+    return model.eval()
+
+
+def parameter_count(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# --------------------------------------------------------------------------- arguments
+
+
+def add_common_args(parser: argparse.ArgumentParser, *, default_repeats: int = 5) -> argparse.ArgumentParser:
+    src = parser.add_mutually_exclusive_group()
+    src.add_argument("--model", default=None,
+                     help="embedded name (default, gemma-3-270m), HF id or local path (default: 'default')")
+    src.add_argument("--shape", default=None, choices=sorted(SHAPES),
+                     help="random weights of a named architecture instead of a real model (no download)")
+    parser.add_argument("--n-layers", type=int, default=None,
+                        help="with --shape: build only this many decoder layers (e.g. to fit a CPU)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: best available)")
+    parser.add_argument("--dtype", default=None,
+                        help="float32, bfloat16, float16 (default: float32 on CPU, bfloat16 otherwise)")
+    parser.add_argument("--repeats", type=int, default=default_repeats, help="timed runs per variant (median)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed runs per variant first")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    return parser
+
+
+def resolve_device(name: str | None) -> str:
+    if name:
+        return name
+    from persona_lens.models import default_device
+
+    return default_device()
+
+
+def resolve_dtype(name: str | None, device: str) -> torch.dtype:
+    if name:
+        dtype = getattr(torch, name, None)
+        if not isinstance(dtype, torch.dtype):
+            raise SystemExit(f"unknown --dtype {name!r}")
+        return dtype
+    return torch.float32 if device == "cpu" else torch.bfloat16
+
+
+def setup(args) -> tuple[str, torch.dtype]:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    device = resolve_device(args.device)
+    return device, resolve_dtype(args.dtype, device)
+
+
+# --------------------------------------------------------------------------- models
+
+
+@dataclass
+class Subject:
+    """What a benchmark measures: a persona_lens bridge and how it was made."""
+
+    bridge: Any
+    tokenizer: Any
+    label: str  # "default", "shape:qwen2.5-7b[2 layers]", ...
+    info: dict = field(default_factory=dict)
+    _baseline_source: Any = None  # folder (for --model) or a pristine HF model copy (for --shape)
+
+    def plain_hf_baseline(self, device: str, dtype: torch.dtype, mode: str = "separate"):
+        """A plain transformers model with the same weights, never wrapped by the bridge.
+
+        ``separate``: for ``--model``, loaded again with ``from_pretrained`` from the folder
+        persona_lens loads from; for ``--shape``, a deep copy of the random model taken before
+        the bridge wrapped it. ``native``: the bridge's own HF model inside
+        ``persona_lens.models.native`` (bridge wrappers removed; saves one copy of the weights).
+        Both run SDPA attention.
+        """
+        if mode == "native":
+            return None
+        if isinstance(self._baseline_source, torch.nn.Module):
+            return self._baseline_source
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(self._baseline_source, dtype=dtype)
+        return model.to(device).eval()
+
+
+def default_tokenizer():
+    from transformers import AutoTokenizer
+
+    from persona_lens.models import resolve_model_name
+
+    tok = AutoTokenizer.from_pretrained(resolve_model_name("default")[1])
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_subject(args, device: str, dtype: torch.dtype, *, keep_baseline_copy: bool = True) -> Subject:
+    """The bridge for ``--model``/``--shape`` (``--model default`` when neither is given)."""
+    from persona_lens.models import load_model, n_layers, resolve_model_name
+
+    if args.shape:
+        from transformer_lens.model_bridge import TransformerBridge
+
+        hf = random_hf_model(args.shape, device, dtype, args.n_layers, args.seed)
+        pristine = copy.deepcopy(hf) if keep_baseline_copy else None
+        tok = default_tokenizer()
+        hf.generation_config.pad_token_id = tok.pad_token_id
+        hf.generation_config.eos_token_id = tok.eos_token_id
+        if pristine is not None:
+            pristine.generation_config = copy.deepcopy(hf.generation_config)
+        label = f"shape:{args.shape}" + (f"[{args.n_layers} layers]" if args.n_layers else "")
+        bridge = TransformerBridge.boot_transformers(f"random/{args.shape}", hf_model=hf, tokenizer=tok,
+                                                     device=device, dtype=dtype)
+        bridge.eval()
+        bridge.persona_lens_model_id = label
+        bridge.persona_lens_key = label
+        info = {"shape": args.shape, "params": parameter_count(hf)}
+        return Subject(bridge, tok, label, info, pristine)
+    name = args.model or "default"
+    bridge = load_model(name, device=device, dtype=dtype)
+    _, source, model_id = resolve_model_name(name)
+    info = {"model_id": model_id, "params": parameter_count(bridge.original_model), "n_layers": n_layers(bridge)}
+    return Subject(bridge, bridge.tokenizer, name, info, source)
+
+
+# --------------------------------------------------------------------------- prompts
+
+
+_WORDS = ("time people year way day man thing woman life child world school state family student group "
+          "country problem hand part place case week company system program question work government "
+          "number night point home water room mother area money story fact month lot right study book "
+          "eye job word business issue side kind head house service friend father power hour game line").split()
+
+
+def chat_prompt_of_length(tokenizer, n_tokens: int, seed: int = 0) -> tuple[list[dict], int]:
+    """A one-message chat prompt whose templated ``prompt_ids`` length is ``n_tokens`` (or the
+    closest reachable, returned as the second value)."""
+    from persona_lens.chat import make_messages, prompt_ids
+
+    rng = random.Random(seed)
+    words: list[str] = []
+
+    def length(ws):
+        return len(prompt_ids(tokenizer, make_messages(" ".join(ws) or "x")))
+
+    while length(words) < n_tokens - 2 and len(words) < 4 * n_tokens:  # random common words
+        words.append(rng.choice(_WORDS))
+    while length(words) > n_tokens and len(words) > 1:
+        words.pop()
+    while length(words) < n_tokens and len(words) < 4 * n_tokens:  # top up one short word at a time
+        words.append("a")
+        if length(words) > n_tokens:
+            words.pop()
+            break
+    return make_messages(" ".join(words) or "x"), length(words)
+
+
+# --------------------------------------------------------------------------- timing and memory
+
+
+def synchronize(device: str | torch.device) -> None:
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    elif dev.type == "mps":
+        torch.mps.synchronize()
+
+
+def time_call(fn: Callable[[], Any], device: str | torch.device) -> tuple[float, Any]:
+    """Wall seconds of ``fn()`` with the device synchronized before and after."""
+    synchronize(device)
+    t0 = time.perf_counter()
+    out = fn()
+    synchronize(device)
+    return time.perf_counter() - t0, out
+
+
+def median(xs: list[float]) -> float:
+    return float(statistics.median(xs)) if xs else float("nan")
+
+
+def reset_peak_memory(device: str | torch.device) -> None:
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+
+
+def peak_memory_mb(device: str | torch.device) -> dict[str, float]:
+    """CUDA: peak allocated since the last reset. CPU: the process' peak RSS so far."""
+    dev = torch.device(device)
+    out = {}
+    if dev.type == "cuda":
+        out["cuda_peak_allocated_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    out["process_peak_rss_mb"] = rss / (2**20 if sys.platform == "darwin" else 2**10)
+    return out
+
+
+def environment(device: str, dtype: torch.dtype) -> dict[str, Any]:
+    import transformers
+
+    env = {
+        "device": device,
+        "dtype": str(dtype).replace("torch.", ""),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "loadavg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+    }
+    from importlib.metadata import PackageNotFoundError, version
+
+    for dist in ("transformer-lens", "persona-lens"):
+        try:
+            env[dist.replace("-", "_")] = version(dist)
+        except PackageNotFoundError:  # pragma: no cover
+            env[dist.replace("-", "_")] = None
+    if torch.device(device).type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    return env
+
+
+# --------------------------------------------------------------------------- output
+
+
+def emit(benchmark: str, human: str, record: dict[str, Any]) -> None:
+    """Print one human-readable line and one JSON line (``{"benchmark": ..., ...}``)."""
+    print(human, flush=True)
+    print(json.dumps({"benchmark": benchmark, **record}, default=_json_default, sort_keys=False), flush=True)
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, torch.dtype):
+        return str(o).replace("torch.", "")
+    if isinstance(o, Path):
+        return str(o)
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    return str(o)
+
+
+def log(msg: str) -> None:
+    """Progress notes go to stderr so stdout holds only result lines."""
+    print(msg, file=sys.stderr, flush=True)
