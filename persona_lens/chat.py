@@ -78,8 +78,17 @@ def prompt_ids(tokenizer, messages: Messages) -> list[int]:
     return ids
 
 
+def response_text(tokenizer, response: str) -> str:
+    """The response as it stands after the prompt: the plain-text format writes ``"Assistant:"``
+    and the model's first token carries the separating space (" Paris"), which ``generate``
+    strips from the text; put it back so that capture sees the tokens that were generated."""
+    if response and not has_chat_template(tokenizer) and not response[0].isspace():
+        return " " + response
+    return response
+
+
 def response_ids(tokenizer, response: str) -> list[int]:
-    return tokenizer(response, add_special_tokens=False)["input_ids"]
+    return tokenizer(response_text(tokenizer, response), add_special_tokens=False)["input_ids"]
 
 
 @dataclass

@@ -152,3 +152,20 @@ def test_resume_of_a_complete_file_generates_nothing(default_model, full_runs, t
     assert generate_contrastive(default_model, small_spec(), path, max_new_tokens=8, seed=7, batch_size=3,
                                 progress=False) == full_rows
     assert path.read_bytes() == full_path.read_bytes()
+
+
+def test_gemma_response_text_round_trips_to_generated_ids(gemma_model):
+    """Plain-text format: the generated first token carries the space after 'Assistant:'; the
+    stripped text must tokenize back to exactly the generated ids (what capture will see)."""
+    from persona_lens.chat import response_ids
+
+    tok = gemma_model.tokenizer
+    gens = generate_ids(gemma_model, ["What is the capital of France?", "Name a colour."],
+                        max_new_tokens=8, progress=False)
+    for g in gens:
+        assert g.text and not g.text[0].isspace()
+        assert tok.decode(g.response_ids[:1]).startswith(" ")  # the space belongs to the response
+        expected = list(g.response_ids)
+        while expected and not tok.decode(expected[-1:]).strip():  # text is stripped at the end too
+            expected.pop()
+        assert response_ids(tok, g.text) == expected
