@@ -177,3 +177,22 @@ def test_cli_export_import(tmp_path, vector, capsys):
     assert main(["import", str(pt), "--out", str(tmp_path / "pt.safetensors")]) == 0
     torch.testing.assert_close(PersonaVector.load(tmp_path / "pt.safetensors").vectors, vector.vectors)
     assert main(["export", str(src), "--format", "gguf", "--out", str(tmp_path / "z.gguf"), "--layer", "0"]) == 1
+
+
+def test_llama_cpp_itself_adds_direction_l_to_block_l(tmp_path):
+    """With llama.cpp's ``llama-eval-callback`` available (``$LLAMA_EVAL_CALLBACK`` or on PATH),
+    run ``scripts/verify_gguf_llamacpp.py`` on the embedded SmolLM2 GGUF: layer L's vector must
+    appear in llama.cpp's ``l_out-L`` and nowhere before it. Skipped without the binary."""
+    import os
+    import shutil
+    import sys
+    from pathlib import Path
+
+    binary = os.environ.get("LLAMA_EVAL_CALLBACK") or shutil.which("llama-eval-callback")
+    if not binary:
+        pytest.skip("llama.cpp's llama-eval-callback is not available (set LLAMA_EVAL_CALLBACK)")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import verify_gguf_llamacpp as v
+
+    report = v.verify(binary, v.embedded_smollm2_gguf(), [1, 10, 29])
+    assert len(report) == 3

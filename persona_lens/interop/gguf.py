@@ -14,8 +14,14 @@ File layout (what llama.cpp's reader accepts)
 * ``persona_lens.metadata``: our vector metadata as JSON (ignored by llama.cpp), so an import
   restores the persona name, model id, layer count, and the ``alpha`` that was baked in.
 
-Layer mapping (verified against llama.cpp's source)
-----------------------------------------------------
+Layer mapping (verified against llama.cpp's source, and by running llama.cpp)
+-----------------------------------------------------------------------------
+``scripts/verify_gguf_llamacpp.py`` runs llama.cpp's ``llama-eval-callback`` with and without
+an exported one-layer vector and checks that ``l_out-L`` (and nothing before it) moves by
+exactly the vector; it passed for layers 1, 10 and 29 of SmolLM2-135M on the llama.cpp
+vendored in llama-cpp-python 0.3.36 (2026-11-23). ``tests/test_interop_gguf.py`` runs it
+when ``$LLAMA_EVAL_CALLBACK`` points at the binary.
+
 **persona_lens layer l  ==  ``direction.l``**, for ``1 <= l <= n_layers - 1``. Layer 0 has no slot.
 
 persona_lens layer ``l`` is TransformerLens ``blocks.{l}.hook_resid_post``, the output of HF
