@@ -9,10 +9,20 @@
 * ``SHAPES``: HF config dicts of real models (``qwen2.5-7b``, ``llama-3.1-8b``, ``gemma-3-4b``,
   and the small ``smollm2-135m``/``gemma-3-270m`` for smoke runs), instantiated with random
   weights (``random_hf_model``) — the throughput of a shape does not depend on its weights;
-* timing (``time_call``: CUDA-synchronized wall time), ``median``, peak memory
-  (``reset_peak_memory``/``peak_memory_mb``), ``environment``;
+* ``benchmark_parser``: a script's parser (its docstring's first paragraph, the common
+  arguments, ``--baseline separate|native``); ``load_with_baseline``: the subject and its
+  plain-HF baseline model for ``--baseline``; ``baseline_hf``: the HF model a baseline runs;
+* timing (``time_call``: CUDA-synchronized wall time; ``time_alternating``: variants timed in
+  turn, ``--repeats`` times, wall and CPU time and memory per run), ``median``, peak memory
+  (``reset_peak_memory``/``peak_memory_mb`` for the process; ``PeakMemory`` for one block,
+  with ``pin_malloc_to_mmap`` so the CPU's RSS follows live tensors), ``environment``;
 * ``chat_prompt_of_length``: chat prompts whose templated length is exactly N tokens;
-* ``emit``: one human-readable line, then one JSON line (``{"benchmark": ...}``) per result.
+  ``left_padded_chat_prompts``: a batch of them as left-padded ids for HF ``generate``;
+* steered generation: ``random_steering`` (a seeded random unit direction at a layer),
+  ``greedy_generate_kwargs`` (exactly N greedy new tokens), ``baseline_generate`` (HF
+  ``generate`` on the baseline model);
+* ``emit``: one human-readable line (``headline`` and ``ratio_note`` build its common parts),
+  then one JSON line (``{"benchmark": ...}``) per result.
 
 Random-shape models use the embedded SmolLM2 tokenizer (49,152 ids, fewer than every shape's
 vocabulary, so every prompt id is valid; generated ids beyond it decode to nothing).
@@ -21,6 +31,7 @@ vocabulary, so every prompt id is valid; generated ids beyond it decode to nothi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import os
@@ -29,10 +40,11 @@ import random
 import resource
 import statistics
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -145,6 +157,20 @@ def add_common_args(parser: argparse.ArgumentParser, *, default_repeats: int = 5
     return parser
 
 
+BASELINES = ("separate", "native")
+
+
+def benchmark_parser(doc: str, *, default_repeats: int = 5, baseline: bool = True) -> argparse.ArgumentParser:
+    """A script's parser: described by the first paragraph of ``doc`` (its module docstring),
+    with :func:`add_common_args` and, with ``baseline``, ``--baseline separate|native`` (see
+    :meth:`Subject.plain_hf_baseline`)."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_args(p, default_repeats=default_repeats)
+    if baseline:
+        p.add_argument("--baseline", default="separate", choices=list(BASELINES))
+    return p
+
+
 def resolve_device(name: str | None) -> str:
     if name:
         return name
@@ -243,6 +269,27 @@ def load_subject(args, device: str, dtype: torch.dtype, *, keep_baseline_copy: b
     return Subject(bridge, bridge.tokenizer, name, info, source)
 
 
+def load_with_baseline(args, device: str, dtype: torch.dtype) -> tuple[Subject, Any]:
+    """The subject for ``--model``/``--shape`` and its plain-HF baseline model for ``--baseline``
+    (``None`` for ``native``: the baseline then runs the bridge's model inside ``native``)."""
+    log(f"loading {'shape ' + args.shape if args.shape else args.model or 'default'} on {device} ({dtype})")
+    subject = load_subject(args, device, dtype, keep_baseline_copy=args.baseline == "separate")
+    return subject, subject.plain_hf_baseline(device, dtype, args.baseline)
+
+
+@contextlib.contextmanager
+def baseline_hf(bridge, baseline_model) -> Iterator[Any]:
+    """The plain HF model a baseline runs: ``baseline_model`` (``--baseline separate``), or, when it
+    is ``None`` (``native``), the bridge's own HF model inside ``persona_lens.models.native``."""
+    if baseline_model is not None:
+        yield baseline_model
+        return
+    from persona_lens.models import native
+
+    with native(bridge) as hf:
+        yield hf
+
+
 # --------------------------------------------------------------------------- prompts
 
 
@@ -273,6 +320,50 @@ def chat_prompt_of_length(tokenizer, n_tokens: int, seed: int = 0) -> tuple[list
             words.pop()
             break
     return make_messages(" ".join(words) or "x"), length(words)
+
+
+def left_padded_chat_prompts(tokenizer, batch: int, n_tokens: int, seed: int, pad_id: int, device: str
+                             ) -> tuple[list[list[dict]], list[int], torch.Tensor, torch.Tensor]:
+    """``batch`` prompts of :func:`chat_prompt_of_length` (row ``i`` seeded ``seed * 1000 + i``):
+    ``(messages, sorted distinct lengths, ids, attention_mask)``, ids left-padded on ``device``."""
+    from persona_lens.chat import prompt_ids
+    from persona_lens.generate import _left_pad
+
+    made = [chat_prompt_of_length(tokenizer, n_tokens, seed=seed * 1000 + i) for i in range(batch)]
+    messages = [m for m, _ in made]
+    ids, mask = _left_pad([prompt_ids(tokenizer, m) for m in messages], pad_id)
+    return messages, sorted({n for _, n in made}), ids.to(device), mask.to(device)
+
+
+# --------------------------------------------------------------------------- steered generation
+
+
+def random_steering(bridge, layer: int | None, alpha: float, positions: str, seed: int) -> tuple[int, Any]:
+    """``(layer, Steering)``: a random unit direction (seeded by ``seed``) at ``layer``
+    (default ``n_layers // 2``) with coefficient ``alpha``."""
+    from persona_lens.models import d_model, n_layers
+    from persona_lens.steering import Steering
+
+    layer = layer if layer is not None else n_layers(bridge) // 2
+    g = torch.Generator().manual_seed(seed)
+    direction = torch.randn(d_model(bridge), generator=g)
+    return layer, Steering.from_vector(direction / direction.norm(), layer, alpha, positions=positions)
+
+
+def greedy_generate_kwargs(tokenizer, n_new: int) -> dict[str, Any]:
+    """HF ``generate`` keyword arguments for exactly ``n_new`` greedy tokens per row
+    (``min_new_tokens``: no early stop at EOS); ``pad_token_id`` falls back to EOS."""
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return dict(max_new_tokens=n_new, min_new_tokens=n_new, do_sample=False, temperature=None, top_p=None,
+                top_k=None, pad_token_id=pad_id, eos_token_id=tokenizer.eos_token_id)
+
+
+def baseline_generate(bridge, baseline_model, ids: torch.Tensor, mask: torch.Tensor, gen_kwargs: dict) -> int:
+    """Plain HF ``generate`` on the baseline model (:func:`baseline_hf`), inference mode; returns
+    the number of new tokens per row."""
+    with torch.inference_mode(), baseline_hf(bridge, baseline_model) as hf:
+        out = hf.generate(input_ids=ids, attention_mask=mask, **gen_kwargs)
+    return out.shape[1] - ids.shape[1]
 
 
 # --------------------------------------------------------------------------- timing and memory
@@ -316,6 +407,140 @@ def peak_memory_mb(device: str | torch.device) -> dict[str, float]:
     return out
 
 
+def _rss_bytes() -> int:
+    try:
+        import psutil
+
+        return psutil.Process().memory_info().rss
+    except ImportError:  # Linux fallback
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def pin_malloc_to_mmap(threshold: int = 1 << 16) -> bool:
+    """glibc: serve every allocation above ``threshold`` bytes with its own ``mmap`` and return it
+    to the OS on free (fixed threshold, no dynamic raise; trim at the same size). Then the RSS
+    follows live tensor memory instead of malloc's free lists. Returns False where not glibc."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, threshold)) and bool(libc.mallopt(M_TRIM_THRESHOLD, threshold))
+    except (OSError, AttributeError):
+        return False
+
+
+def pin_cpu_malloc(device: str) -> bool:
+    """:func:`pin_malloc_to_mmap` on the CPU (where :class:`PeakMemory` reads the RSS); whether it took."""
+    return torch.device(device).type == "cpu" and pin_malloc_to_mmap()
+
+
+def peak_memory_method(device: str, mmap_pinned: bool) -> str:
+    """How :class:`PeakMemory` measured on ``device`` (for the JSON record)."""
+    if torch.device(device).type == "cuda":
+        return "cuda max_memory_allocated above the pre-call allocation"
+    return "sampled process RSS (1 ms) above the pre-call RSS" + (
+        ", glibc mallopt: allocations > 64 KiB mmap-backed" if mmap_pinned else "")
+
+
+class PeakMemory:
+    """Peak memory of a block above its starting point, in MB (``peak_mb``).
+
+    GPU: ``torch.cuda.max_memory_allocated`` above what was allocated at the start (exact for the
+    caching allocator). CPU: torch has no allocator statistics and ``tracemalloc`` does not see
+    torch's allocations, so the peak resident set size sampled every ``interval`` seconds by a
+    thread, minus the RSS at the start; with :func:`pin_malloc_to_mmap` the RSS follows live
+    tensors. A peak shorter than the interval can be missed: CPU numbers are lower bounds.
+    """
+
+    def __init__(self, device: str, interval: float = 0.001):
+        self.cuda = torch.device(device).type == "cuda"
+        self.device, self.interval = device, interval
+        self.peak_mb = float("nan")
+
+    def __enter__(self):
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._start = torch.cuda.memory_allocated(self.device)
+        else:
+            self._start = _rss_bytes()
+            self._peak = self._start
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def _sample(self):
+        while not self._stop.is_set():
+            self._peak = max(self._peak, _rss_bytes())
+            time.sleep(self.interval)
+
+    def __exit__(self, *exc):
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+            self.peak_mb = (torch.cuda.max_memory_allocated(self.device) - self._start) / 2**20
+        else:
+            self._stop.set()
+            self._thread.join()
+            self._peak = max(self._peak, _rss_bytes())
+            self.peak_mb = (self._peak - self._start) / 2**20
+
+
+@dataclass
+class Alternated:
+    """What :func:`time_alternating` measured, per variant name, one entry per run."""
+
+    seconds: dict[str, list[float]]
+    cpu_seconds: dict[str, list[float]]
+    peak_mb: dict[str, list[Any]]  # memory="block": PeakMemory MB; "process": peak_memory_mb() dicts
+    results: dict[str, list[Any]]
+
+    def rate(self, amount: float) -> dict[str, float]:
+        """``amount`` (tokens, rows) per median second."""
+        return {k: amount / median(v) for k, v in self.seconds.items()}
+
+    def cpu_time_ratio(self, reference: str = "baseline", other: str = "ours") -> float:
+        """Median CPU seconds of ``reference`` / those of ``other`` (throughput ratio by CPU time)."""
+        return median(self.cpu_seconds[reference]) / median(self.cpu_seconds[other])
+
+    def median_peak_mb(self, digits: int = 1) -> dict[str, float]:
+        return {k: round(median(v), digits) for k, v in self.peak_mb.items()}
+
+    def rounded_seconds(self, digits: int, *, cpu: bool = False) -> dict[str, list[float]]:
+        """``{"<name>_s": [wall seconds]}`` (``cpu``: ``{"<name>_cpu_s": [CPU seconds]}``), rounded."""
+        times, suffix = (self.cpu_seconds, "_cpu_s") if cpu else (self.seconds, "_s")
+        return {f"{k}{suffix}": [round(t, digits) for t in v] for k, v in times.items()}
+
+
+def time_alternating(variants: dict[str, Callable[[], Any]], repeats: int, device: str, *,
+                     memory: str = "block") -> Alternated:
+    """Run each of ``variants`` in turn, ``repeats`` rounds (so drift from other load hits all alike),
+    each run timed by :func:`time_call` and by process CPU time. ``memory``: ``"block"`` wraps
+    each run in :class:`PeakMemory`; ``"process"`` resets the CUDA peak before the run and records
+    :func:`peak_memory_mb` after it."""
+    if memory not in ("block", "process"):
+        raise ValueError(f"memory must be 'block' or 'process', not {memory!r}")
+    out = Alternated(*({k: [] for k in variants} for _ in range(4)))
+    for _ in range(repeats):
+        for name, fn in variants.items():
+            cpu0 = time.process_time()
+            if memory == "block":
+                with PeakMemory(device) as pm:
+                    seconds, result = time_call(fn, device)
+                peak = pm.peak_mb
+            else:
+                reset_peak_memory(device)
+                seconds, result = time_call(fn, device)
+                peak = peak_memory_mb(device)
+            out.seconds[name].append(seconds)
+            out.cpu_seconds[name].append(time.process_time() - cpu0)
+            out.peak_mb[name].append(peak)
+            out.results[name].append(result)
+    return out
+
+
 def environment(device: str, dtype: torch.dtype) -> dict[str, Any]:
     import transformers
 
@@ -348,6 +573,17 @@ def emit(benchmark: str, human: str, record: dict[str, Any]) -> None:
     """Print one human-readable line and one JSON line (``{"benchmark": ..., ...}``)."""
     print(human, flush=True)
     print(json.dumps({"benchmark": benchmark, **record}, default=_json_default, sort_keys=False), flush=True)
+
+
+def headline(benchmark: str, subject: Subject, device: str, env: dict[str, Any]) -> str:
+    """The start of a human line: ``"<benchmark> <model> <device>/<dtype> "``."""
+    return f"{benchmark} {subject.label} {device}/{env['dtype']} "
+
+
+def ratio_note(ratio: float, repeats: int, cpu_time_ratio: float | None = None) -> str:
+    """The end of a human line: ``"ratio R (CPU-time ratio C; median of N)"``."""
+    cpu = "" if cpu_time_ratio is None else f"CPU-time ratio {cpu_time_ratio:.3f}; "
+    return f"ratio {ratio:.3f} ({cpu}median of {repeats})"
 
 
 def _json_default(o: Any) -> Any:

@@ -44,8 +44,6 @@ from __future__ import annotations
 import argparse
 import random
 import sys
-import threading
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -63,82 +61,17 @@ BASELINE_DESCRIPTION = {
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    C.add_common_args(p, default_repeats=3)
+    p = C.benchmark_parser(__doc__, default_repeats=3)
     p.add_argument("--seq-lens", type=int, nargs="+", default=None,
                    help="tokens per row (prompt + response); default 128 512 1024 on CPU, 128 512 1024 2048 on GPU")
     p.add_argument("--batch-size", type=int, default=None, help="default 2 on CPU, 8 on GPU")
     p.add_argument("--rows", type=int, default=None, help="rows per timed run (default: one batch)")
     p.add_argument("--prompt-tokens", type=int, default=32)
-    p.add_argument("--baseline", default="separate", choices=["separate", "native"])
     return p.parse_args(argv)
 
 
-# --------------------------------------------------------------------------- memory
-
-
-def _rss_bytes() -> int:
-    try:
-        import psutil
-
-        return psutil.Process().memory_info().rss
-    except ImportError:  # Linux fallback
-        import os
-
-        with open("/proc/self/statm") as fh:
-            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def pin_malloc_to_mmap(threshold: int = 1 << 16) -> bool:
-    """glibc: serve every allocation above ``threshold`` bytes with its own ``mmap`` and return it
-    to the OS on free (fixed threshold, no dynamic raise; trim at the same size). Then the RSS
-    follows live tensor memory instead of malloc's free lists. Returns False where not glibc."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-        return bool(libc.mallopt(M_MMAP_THRESHOLD, threshold)) and bool(libc.mallopt(M_TRIM_THRESHOLD, threshold))
-    except (OSError, AttributeError):
-        return False
-
-
-class PeakMemory:
-    """Peak memory of a block above its starting point (see the module doc for what it means)."""
-
-    def __init__(self, device: str, interval: float = 0.001):
-        self.cuda = torch.device(device).type == "cuda"
-        self.device, self.interval = device, interval
-        self.peak_mb = float("nan")
-
-    def __enter__(self):
-        if self.cuda:
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self._start = torch.cuda.memory_allocated(self.device)
-        else:
-            self._start = _rss_bytes()
-            self._peak = self._start
-            self._stop = threading.Event()
-            self._thread = threading.Thread(target=self._sample, daemon=True)
-            self._thread.start()
-        return self
-
-    def _sample(self):
-        while not self._stop.is_set():
-            self._peak = max(self._peak, _rss_bytes())
-            time.sleep(self.interval)
-
-    def __exit__(self, *exc):
-        if self.cuda:
-            torch.cuda.synchronize(self.device)
-            self.peak_mb = (torch.cuda.max_memory_allocated(self.device) - self._start) / 2**20
-        else:
-            self._stop.set()
-            self._thread.join()
-            self._peak = max(self._peak, _rss_bytes())
-            self.peak_mb = (self._peak - self._start) / 2**20
+# Where the shared memory helpers used to live (screen_throughput imported them from here).
+PeakMemory, pin_malloc_to_mmap = C.PeakMemory, C.pin_malloc_to_mmap
 
 
 # --------------------------------------------------------------------------- data
@@ -163,16 +96,14 @@ def response_of_length(tokenizer, n_tokens: int, seed: int) -> str:
 def main(argv=None) -> int:
     args = parse_args(argv)
     device, dtype = C.setup(args)
-    mmap_pinned = torch.device(device).type == "cpu" and pin_malloc_to_mmap()
+    mmap_pinned = C.pin_cpu_malloc(device)
 
     from persona_lens.capture import capture
     from persona_lens.chat import make_batch, prompt_ids, response_ids
-    from persona_lens.models import d_model, n_layers, native
+    from persona_lens.models import d_model, n_layers
 
-    C.log(f"loading {'shape ' + args.shape if args.shape else args.model or 'default'} on {device} ({dtype})")
-    subject = C.load_subject(args, device, dtype, keep_baseline_copy=args.baseline == "separate")
+    subject, baseline_model = C.load_with_baseline(args, device, dtype)
     bridge, tok = subject.bridge, subject.tokenizer
-    baseline_model = subject.plain_hf_baseline(device, dtype, args.baseline)
     on_gpu = torch.device(device).type == "cuda"
     seq_lens = args.seq_lens or ([128, 512, 1024, 2048] if on_gpu else [128, 512, 1024])
     batch = args.batch_size or (8 if on_gpu else 2)
@@ -192,12 +123,9 @@ def main(argv=None) -> int:
         batches = [make_batch(p_ids[s:s + batch], r_ids[s:s + batch], pad).to(device) for s in range(0, rows, batch)]
 
         def hf_forward(b, hidden: bool):
-            if baseline_model is None:
-                with native(bridge) as hf:
-                    return hf.get_decoder()(input_ids=b.input_ids, attention_mask=b.attention_mask,
-                                            output_hidden_states=hidden, use_cache=False)
-            return baseline_model.get_decoder()(input_ids=b.input_ids, attention_mask=b.attention_mask,
-                                                output_hidden_states=hidden, use_cache=False)
+            with C.baseline_hf(bridge, baseline_model) as hf:
+                return hf.get_decoder()(input_ids=b.input_ids, attention_mask=b.attention_mask,
+                                        output_hidden_states=hidden, use_cache=False)
 
         def baseline():
             outs = []
@@ -222,23 +150,13 @@ def main(argv=None) -> int:
             ref, got = baseline(), ours()
         # Same numbers (all but the last layer: HF's last hidden state is post-norm).
         max_abs_diff = float((ref[:, :-1] - got[:, :-1]).abs().max())
-        times = {"baseline": [], "ours": []}
-        cpu_times = {"baseline": [], "ours": []}
-        peaks: dict[str, list[float]] = {"baseline": [], "ours": []}
-        for _ in range(args.repeats):  # alternate, so drift (other load) hits both alike
-            for name, fn in (("baseline", baseline), ("ours", ours)):
-                cpu0 = time.process_time()
-                with PeakMemory(device) as pm:
-                    seconds, _ = C.time_call(fn, device)
-                times[name].append(seconds)
-                cpu_times[name].append(time.process_time() - cpu0)
-                peaks[name].append(pm.peak_mb)
-        with PeakMemory(device) as pm:
+        runs = C.time_alternating({"baseline": baseline, "ours": ours}, args.repeats, device)
+        with C.PeakMemory(device) as pm:
             floor_s, _ = C.time_call(forward_only, device)
         tokens = sum(len(p) + len(r) for p, r in zip(p_ids, r_ids))
-        tps = {k: tokens / C.median(v) for k, v in times.items()}
+        tps = runs.rate(tokens)
         ratio = tps["ours"] / tps["baseline"]
-        peak = {k: round(C.median(v), 1) for k, v in peaks.items()}
+        peak = runs.median_peak_mb()
         peak["forward_only"] = round(pm.peak_mb, 1)
         record = {
             "model": subject.label, **subject.info, "n_layers": L, "d_model": D, "seq_len": lengths,
@@ -248,23 +166,20 @@ def main(argv=None) -> int:
                     "all layers, reductions in forward hooks, native mode",
             "baseline_tok_s": round(tps["baseline"], 1), "ours_tok_s": round(tps["ours"], 1),
             "ratio": round(ratio, 4), "forward_only_tok_s": round(tokens / floor_s, 1),
-            "ratio_cpu_time": round(C.median(cpu_times["baseline"]) / C.median(cpu_times["ours"]), 4),
-            "baseline_cpu_s": [round(t, 4) for t in cpu_times["baseline"]],
-            "ours_cpu_s": [round(t, 4) for t in cpu_times["ours"]],
-            "baseline_s": [round(t, 4) for t in times["baseline"]], "ours_s": [round(t, 4) for t in times["ours"]],
+            "ratio_cpu_time": round(runs.cpu_time_ratio(), 4),
+            **runs.rounded_seconds(4, cpu=True), **runs.rounded_seconds(4),
             "peak_memory_mb": peak,
-            "peak_memory_method": "cuda max_memory_allocated above the pre-call allocation" if on_gpu
-            else "sampled process RSS (1 ms) above the pre-call RSS"
-            + (", glibc mallopt: allocations > 64 KiB mmap-backed" if mmap_pinned else ""),
+            "peak_memory_method": C.peak_memory_method(device, mmap_pinned),
             "hidden_states_mb": round((L + 1) * batch * max(lengths) * D * elem / 2**20, 1),
             "result_mb_per_batch": round(batch * L * D * 4 / 2**20, 3),
             "max_abs_diff_vs_baseline": max_abs_diff, "repeats": args.repeats, "warmup": args.warmup, **env,
         }
-        human = (f"capture_throughput {subject.label} {device}/{env['dtype']} seq={'/'.join(map(str, lengths))} "
+        human = (C.headline("capture_throughput", subject, device, env)
+                 + f"seq={'/'.join(map(str, lengths))} "
                  f"batch={batch} rows={rows} layers={L}: HF output_hidden_states {tps['baseline']:.0f} tok/s "
                  f"(peak +{peak['baseline']:.0f} MB), persona_lens capture {tps['ours']:.0f} tok/s "
                  f"(peak +{peak['ours']:.0f} MB; forward alone +{peak['forward_only']:.0f} MB), "
-                 f"ratio {ratio:.3f} (CPU-time ratio {record['ratio_cpu_time']:.3f}; median of {args.repeats})")
+                 + C.ratio_note(ratio, args.repeats, record["ratio_cpu_time"]))
         C.emit("capture_throughput", human, record)
     return 0
 

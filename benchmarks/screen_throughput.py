@@ -35,7 +35,6 @@ import json
 import random
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -43,7 +42,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 
 import _common as C  # noqa: E402
-from capture_throughput import PeakMemory, pin_malloc_to_mmap  # noqa: E402
 
 BASELINE_DESCRIPTION = {
     "separate": "in-memory loop: whole file + cache loaded, plain transformers full forward with "
@@ -54,9 +52,7 @@ BASELINE_DESCRIPTION = {
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    C.add_common_args(p, default_repeats=1)
+    p = C.benchmark_parser(__doc__, default_repeats=1)
     p.add_argument("--rows", type=int, nargs="+", default=None,
                    help="row counts to screen (default 500 2000 on CPU, 2000 10000 on GPU)")
     p.add_argument("--layer", type=int, default=None, help="default: (n_layers - 1) // 2 (never the last layer)")
@@ -66,7 +62,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--response-words", type=int, default=32)
     p.add_argument("--top-k", type=int, default=20)
     p.add_argument("--max-new-tokens", type=int, default=64, help="the base cache's key (no generation happens)")
-    p.add_argument("--baseline", default="separate", choices=["separate", "native"])
     p.add_argument("--workdir", default=None, help="where the synthetic files go (default: a temp dir)")
     return p.parse_args(argv)
 
@@ -95,18 +90,16 @@ def write_dataset(folder: Path, n_rows: int, args, model_id: str) -> tuple[Path,
 def main(argv=None) -> int:
     args = parse_args(argv)
     device, dtype = C.setup(args)
-    mmap_pinned = torch.device(device).type == "cpu" and pin_malloc_to_mmap()
+    mmap_pinned = C.pin_cpu_malloc(device)
 
     from persona_lens.analysis.projection import row_prompt
     from persona_lens.analysis.screen import base_cache_key, screen_file
     from persona_lens.chat import as_messages, make_batch, prompt_ids, response_ids
-    from persona_lens.models import check_layer, d_model, model_id, n_layers, native
+    from persona_lens.models import check_layer, d_model, model_id, n_layers
     from persona_lens.vectors import PersonaVector
 
-    C.log(f"loading {'shape ' + args.shape if args.shape else args.model or 'default'} on {device} ({dtype})")
-    subject = C.load_subject(args, device, dtype, keep_baseline_copy=args.baseline == "separate")
+    subject, baseline_model = C.load_with_baseline(args, device, dtype)
     bridge, tok = subject.bridge, subject.tokenizer
-    baseline_model = subject.plain_hf_baseline(device, dtype, args.baseline)
     on_gpu = torch.device(device).type == "cuda"
     row_counts = args.rows or ([2000, 10000] if on_gpu else [500, 2000])
     batch = args.batch_size or (64 if on_gpu else 16)
@@ -127,9 +120,6 @@ def main(argv=None) -> int:
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="screen_bench_"))
     workdir.mkdir(parents=True, exist_ok=True)
 
-    def hf_decoder():
-        return baseline_model.get_decoder() if baseline_model is not None else None
-
     def baseline(data: Path, cache: Path, out: Path) -> int:
         rows = [json.loads(line) for line in data.open()]
         base = {}
@@ -146,13 +136,9 @@ def main(argv=None) -> int:
             with torch.inference_mode():
                 for s in range(0, len(texts), batch):
                     b = make_batch(p_ids[s:s + batch], r_ids[s:s + batch], pad).to(device)
-                    if baseline_model is None:
-                        with native(bridge) as hf:
-                            hs = hf.get_decoder()(input_ids=b.input_ids, attention_mask=b.attention_mask,
-                                                  output_hidden_states=True, use_cache=False).hidden_states
-                    else:
-                        hs = hf_decoder()(input_ids=b.input_ids, attention_mask=b.attention_mask,
-                                          output_hidden_states=True, use_cache=False).hidden_states
+                    with C.baseline_hf(bridge, baseline_model) as hf:
+                        hs = hf.get_decoder()(input_ids=b.input_ids, attention_mask=b.attention_mask,
+                                              output_hidden_states=True, use_cache=False).hidden_states
                     m = b.response_mask.to(torch.float32)
                     mean = torch.einsum("bs,bsd->bd", m, hs[layer + 1].float()) / m.sum(1, keepdim=True)
                     out_t[s:s + len(b.input_ids)] = (mean @ unit).double().cpu()
@@ -187,26 +173,18 @@ def main(argv=None) -> int:
     records = []
     for n_rows in row_counts:
         data, cache = write_dataset(workdir, n_rows, args, model_id(bridge))
-        times = {"baseline": [], "ours": []}
-        cpu_times = {"baseline": [], "ours": []}
-        peaks: dict[str, list[float]] = {"baseline": [], "ours": []}
         outs = {"baseline": workdir / f"scored_base_{n_rows}.jsonl", "ours": workdir / f"scored_ours_{n_rows}.jsonl"}
-        for _ in range(args.repeats):  # alternate, so drift (other load) hits both alike
-            for name, fn in (("baseline", baseline), ("ours", ours)):
-                cpu0 = time.process_time()
-                with PeakMemory(device) as pm:
-                    seconds, n = C.time_call(lambda: fn(data, cache, outs[name]), device)
-                assert n == n_rows, (name, n, n_rows)
-                times[name].append(seconds)
-                cpu_times[name].append(time.process_time() - cpu0)
-                peaks[name].append(pm.peak_mb)
+        runs = C.time_alternating({"baseline": lambda: baseline(data, cache, outs["baseline"]),
+                                   "ours": lambda: ours(data, cache, outs["ours"])}, args.repeats, device)
+        for name, ns in runs.results.items():
+            assert all(n == n_rows for n in ns), (name, ns, n_rows)
         # Same scores (ours and the baseline read the same activation).
         ours_d = [json.loads(l)["projection_diff"] for l in outs["ours"].open()]
         base_d = [json.loads(l)["projection_diff"] for l in outs["baseline"].open()]
         max_abs_diff = max(abs(a - b) for a, b in zip(ours_d, base_d))
-        rps = {k: n_rows / C.median(v) for k, v in times.items()}
+        rps = runs.rate(n_rows)
         ratio = rps["ours"] / rps["baseline"]
-        peak = {k: round(C.median(v), 1) for k, v in peaks.items()}
+        peak = runs.median_peak_mb()
         record = {
             "model": subject.label, **subject.info, "rows": n_rows, "layer": layer, "batch_size": batch,
             "chunk_size": args.chunk_size, "prompt_words": args.prompt_words, "response_words": args.response_words,
@@ -215,12 +193,9 @@ def main(argv=None) -> int:
             "ours": "persona_lens.analysis.screen.screen_file(bridge, ..., base_cache=prefilled, figure=False)",
             "baseline_rows_s": round(rps["baseline"], 2), "ours_rows_s": round(rps["ours"], 2),
             "ratio": round(ratio, 4),
-            "ratio_cpu_time": round(C.median(cpu_times["baseline"]) / C.median(cpu_times["ours"]), 4),
-            "baseline_s": [round(t, 3) for t in times["baseline"]],
-            "ours_s": [round(t, 3) for t in times["ours"]], "peak_memory_mb": peak,
-            "peak_memory_method": "cuda max_memory_allocated above the pre-call allocation" if on_gpu
-            else "sampled process RSS (1 ms) above the pre-call RSS"
-            + (", glibc mallopt: allocations > 64 KiB mmap-backed" if mmap_pinned else ""),
+            "ratio_cpu_time": round(runs.cpu_time_ratio(), 4),
+            **runs.rounded_seconds(3), "peak_memory_mb": peak,
+            "peak_memory_method": C.peak_memory_method(device, mmap_pinned),
             "max_abs_diff_projection_diff": max_abs_diff, "repeats": args.repeats, "warmup": args.warmup, **env,
         }
         if records:
@@ -231,10 +206,10 @@ def main(argv=None) -> int:
                 "baseline_mb": [first["peak_memory_mb"]["baseline"], peak["baseline"]],
             }
         records.append(record)
-        human = (f"screen_throughput {subject.label} {device}/{env['dtype']} rows={n_rows} layer={layer} "
+        human = (C.headline("screen_throughput", subject, device, env) + f"rows={n_rows} layer={layer} "
                  f"batch={batch}: HF in-memory loop {rps['baseline']:.1f} rows/s (peak +{peak['baseline']:.0f} MB), "
                  f"persona_lens screen_file {rps['ours']:.1f} rows/s (peak +{peak['ours']:.0f} MB), "
-                 f"ratio {ratio:.3f} (CPU-time ratio {record['ratio_cpu_time']:.3f}; median of {args.repeats})")
+                 + C.ratio_note(ratio, args.repeats, record["ratio_cpu_time"]))
         C.emit("screen_throughput", human, record)
     return 0
 

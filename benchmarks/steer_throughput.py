@@ -46,9 +46,7 @@ BASELINE_DESCRIPTION = {
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    C.add_common_args(p, default_repeats=5)
+    p = C.benchmark_parser(__doc__, default_repeats=5)
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--prompt-tokens", type=int, default=64)
     p.add_argument("--batch-sizes", type=int, nargs="+", default=None,
@@ -56,62 +54,33 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--layer", type=int, default=None, help="steered layer (default: n_layers // 2)")
     p.add_argument("--alpha", type=float, default=4.0)
     p.add_argument("--positions", default="response", choices=["response", "prompt", "all"])
-    p.add_argument("--baseline", default="separate", choices=["separate", "native"])
     return p.parse_args(argv)
-
-
-def _left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, width - len(r):] = torch.tensor(r)
-        mask[i, width - len(r):] = 1
-    return ids, mask
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     device, dtype = C.setup(args)
 
-    from persona_lens.chat import prompt_ids
     from persona_lens.generate import generate_ids
-    from persona_lens.models import d_model, hf_causal_lm, n_layers, native
-    from persona_lens.steering import Steering
+    from persona_lens.models import hf_causal_lm
 
-    C.log(f"loading {'shape ' + args.shape if args.shape else args.model or 'default'} on {device} ({dtype})")
-    subject = C.load_subject(args, device, dtype, keep_baseline_copy=args.baseline == "separate")
+    subject, baseline_model = C.load_with_baseline(args, device, dtype)
     bridge, tok = subject.bridge, subject.tokenizer
-    baseline_model = subject.plain_hf_baseline(device, dtype, args.baseline)
     on_gpu = torch.device(device).type == "cuda"
     batch_sizes = args.batch_sizes or ([1, 32] if on_gpu else [1, 8])
-    layer = args.layer if args.layer is not None else n_layers(bridge) // 2
-    g = torch.Generator().manual_seed(args.seed)
-    direction = torch.randn(d_model(bridge), generator=g)
-    steering = Steering.from_vector(direction / direction.norm(), layer, args.alpha, positions=args.positions)
+    layer, steering = C.random_steering(bridge, args.layer, args.alpha, args.positions, args.seed)
     n_new = args.new_tokens
     # persona_lens' generate() reads the model's generation_config: no early stop at EOS.
     hf_causal_lm(bridge).generation_config.min_new_tokens = n_new
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    gen_kwargs = dict(max_new_tokens=n_new, min_new_tokens=n_new, do_sample=False, temperature=None, top_p=None,
-                      top_k=None, pad_token_id=pad_id, eos_token_id=tok.eos_token_id)
+    gen_kwargs = C.greedy_generate_kwargs(tok, n_new)
     env = C.environment(device, dtype)
 
     for batch in batch_sizes:
-        made = [C.chat_prompt_of_length(tok, args.prompt_tokens, seed=args.seed * 1000 + i) for i in range(batch)]
-        messages = [m for m, _ in made]
-        lengths = sorted({n for _, n in made})
-        ids, mask = _left_pad([prompt_ids(tok, m) for m in messages], pad_id)
-        ids, mask = ids.to(device), mask.to(device)
+        messages, lengths, ids, mask = C.left_padded_chat_prompts(tok, batch, args.prompt_tokens, args.seed,
+                                                                  gen_kwargs["pad_token_id"], device)
 
         def baseline():
-            with torch.inference_mode():
-                if baseline_model is None:
-                    with native(bridge) as hf:
-                        out = hf.generate(input_ids=ids, attention_mask=mask, **gen_kwargs)
-                else:
-                    out = baseline_model.generate(input_ids=ids, attention_mask=mask, **gen_kwargs)
-            return out.shape[1] - ids.shape[1]
+            return C.baseline_generate(bridge, baseline_model, ids, mask, gen_kwargs)
 
         def ours():
             gens = generate_ids(bridge, messages, max_new_tokens=n_new, batch_size=batch, steering=steering,
@@ -121,18 +90,13 @@ def main(argv=None) -> int:
         for _ in range(args.warmup):
             baseline()
             ours()
-        times = {"baseline": [], "ours": []}
-        produced = {"baseline": None, "ours": None}
-        peaks: dict[str, dict] = {}
-        for _ in range(args.repeats):  # alternate, so drift (thermal, other load) hits both alike
-            for name, fn in (("baseline", baseline), ("ours", ours)):
-                C.reset_peak_memory(device)
-                seconds, n = C.time_call(fn, device)
-                times[name].append(seconds)
-                produced[name] = n
-                peaks[name] = C.peak_memory_mb(device)
+        # memory="process": peak_memory_mb() after each run (process-wide; no sampling thread)
+        runs = C.time_alternating({"baseline": baseline, "ours": ours}, args.repeats, device, memory="process")
+        times = runs.seconds
+        produced = {k: (v[-1] if v else None) for k, v in runs.results.items()}  # tokens per row, last run
+        peaks = {k: v[-1] for k, v in runs.peak_mb.items() if v}
         tokens = batch * n_new
-        tps = {k: tokens / C.median(v) for k, v in times.items()}
+        tps = runs.rate(tokens)
         ratio = tps["ours"] / tps["baseline"]
         record = {
             "model": subject.label, **subject.info, "batch_size": batch, "prompt_tokens": lengths,
@@ -143,14 +107,14 @@ def main(argv=None) -> int:
             "ratio": round(ratio, 4),
             # the same from the fastest run of each: less sensitive to a noisy (shared) machine
             "ratio_best": round(min(times["baseline"]) / min(times["ours"]), 4),
-            "baseline_s": [round(t, 4) for t in times["baseline"]], "ours_s": [round(t, 4) for t in times["ours"]],
+            **runs.rounded_seconds(4),
             "tokens_per_row_generated": produced, "repeats": args.repeats, "warmup": args.warmup,
             "peak_memory_mb": peaks, **env,
         }
-        human = (f"steer_throughput {subject.label} {device}/{env['dtype']} batch={batch} "
+        human = (C.headline("steer_throughput", subject, device, env) + f"batch={batch} "
                  f"prompt={'/'.join(map(str, lengths))} new={n_new}: plain HF {tps['baseline']:.1f} tok/s, "
                  f"persona_lens steered (L{layer}, {args.positions}) {tps['ours']:.1f} tok/s, "
-                 f"ratio {ratio:.3f} (median of {args.repeats})")
+                 + C.ratio_note(ratio, args.repeats))
         C.emit("steer_throughput", human, record)
     return 0
 

@@ -47,7 +47,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ._version import __version__
-from .io import atomic_write_json, iter_jsonl, read_jsonl
+from .io import atomic_write_json, iter_jsonl, json_safe, read_jsonl
 
 BILLY_PERSONAS = ("creative_professional", "environmentalist", "futurist")
 SCREEN_TRAIT = "humorous"
@@ -509,7 +509,7 @@ class Demo:
             "ran": [k for k, v in stages.items() if v["status"] == "ran"],
             "findings": findings["numbers"], "summary": findings["text"],
         }
-        atomic_write_json(self.out / "summary.json", _jsonable(summary))
+        atomic_write_json(self.out / "summary.json", json_safe(summary, str_keys=True))
         self.log(f"finished in {total:.1f}s: {len(summary['ran'])} stage(s) ran, {len(summary['skipped'])} cached; "
                  f"report: {self.out / 'report.html'}")
         return summary
@@ -526,18 +526,6 @@ def _row_label(row: dict):
         if k in row:
             return row[k]
     return "rows"
-
-
-def _jsonable(x):
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, (np.floating, float)):
-        return float(x) if math.isfinite(float(x)) else None
-    if isinstance(x, np.integer):
-        return int(x)
-    return x
 
 
 # --------------------------------------------------------------------------- findings
@@ -667,7 +655,7 @@ def compute_findings(out: Path, cfg: DemoConfig, results: dict) -> dict:
     if top_labels:
         s.append(f"The top {len(top_labels)} flagged rows are labelled: {', '.join(map(str, top_labels))}.")
     text["screen"] = s
-    return {"numbers": _jsonable(nums), "text": text}
+    return {"numbers": json_safe(nums, str_keys=True), "text": text}
 
 
 # --------------------------------------------------------------------------- entry point

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
 
 # mkstemp creates 0600 files; artifacts get the usual permissions (0666 & ~umask) instead.
 _UMASK = os.umask(0)
@@ -44,6 +47,20 @@ def _json_default(o: Any) -> Any:
     if hasattr(o, "to_dict"):
         return o.to_dict()
     return str(o)
+
+
+def json_safe(x: Any, *, str_keys: bool = False) -> Any:
+    """``x`` with NaN/inf floats as ``None`` and numpy scalars as Python numbers, through nested
+    dicts, lists and tuples (tuples become lists); ``str_keys``: dict keys as ``str(key)``."""
+    if isinstance(x, dict):
+        return {(str(k) if str_keys else k): json_safe(v, str_keys=str_keys) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [json_safe(v, str_keys=str_keys) for v in x]
+    if isinstance(x, (np.floating, float)):
+        return float(x) if math.isfinite(float(x)) else None
+    if isinstance(x, np.integer):
+        return int(x)
+    return x
 
 
 def iter_jsonl(path: str | os.PathLike) -> Iterator[dict]:

@@ -4,64 +4,37 @@ Each function takes plain data (the analyses' result objects or arrays) and retu
 ``plotly.graph_objects.Figure``. The shared figure functions of :mod:`persona_lens.plots`
 (``projection_panels``, ``monitor_scatter``, ``screening_histogram``, ``shift_per_layer``)
 are used when present, so every figure shares one style; the local versions below are the
-fallback. :func:`save_figure` likewise uses ``persona_lens.plots.save_figure`` when present,
-otherwise writes the HTML atomically, plus a PNG through kaleido when kaleido is importable.
+fallback. :func:`save_figure` is ``persona_lens.plots.save_figure`` returning the HTML path, and
+condition labels come from ``persona_lens.plots.condition_label``.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from .io import atomic_write, atomic_write_text
+from . import plots
 
 _PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#7f7f7f")
 
 
 def save_figure(fig, path_without_suffix: str | os.PathLike) -> Path:
-    """Write ``<path>.html`` (and ``<path>.png`` when kaleido is installed); returns the HTML path."""
-    shared = _shared("save_figure")
-    if shared is not None:
-        out = shared(fig, path_without_suffix)
-        if isinstance(out, (str, os.PathLike)):
-            return Path(out)
-        if isinstance(out, dict) and out.get("html"):
-            return Path(out["html"])
-        if isinstance(out, (list, tuple)) and out:
-            return Path(out[0])
-        return Path(f"{path_without_suffix}.html")
-    base = Path(path_without_suffix)
-    html = Path(f"{base}.html")
-    atomic_write_text(html, fig.to_html(include_plotlyjs="cdn", full_html=True))
-    if importlib.util.find_spec("kaleido") is not None:
-        try:
-            atomic_write(Path(f"{base}.png"), lambda tmp: fig.write_image(tmp, format="png"))
-        except Exception:  # kaleido present but no browser/renderer: the HTML is the artifact
-            pass
-    return html
+    """:func:`persona_lens.plots.save_figure` with its defaults (offline ``<path>.html``, plus
+    static images when kaleido works); returns the HTML path."""
+    return Path(plots.save_figure(fig, path_without_suffix))
 
 
 def _shared(name: str):
     """A figure function of ``persona_lens.plots``, or None when that module lacks it."""
-    try:
-        from . import plots
-    except ImportError:
-        return None
     return getattr(plots, name, None)
 
 
 def _label(condition: str) -> str:
-    if condition == "multi_role":
-        return "multi-role prompt"
-    if condition == "merged":
-        return "merged vector (steer)"
-    if condition.startswith("steer:"):
-        return f"steer {condition[6:]}"
-    return condition
+    """:func:`persona_lens.plots.condition_label`, but for the merged vector's wording."""
+    return "merged vector (steer)" if condition == "merged" else plots.condition_label(condition)
 
 
 def _axis_label(name: str) -> str:

@@ -8,6 +8,7 @@ import json
 import re
 import warnings
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -65,16 +66,23 @@ def _all_strings(obj) -> list[str]:
     return []
 
 
-@pytest.fixture(scope="module")
-def reference_strings() -> list[str]:
+def _reference_documents() -> Iterator:
+    """Each JSON document of the reference data, parsed (unparseable files are passed over);
+    skips the test when the reference data is absent."""
     if not REFERENCE_DIR.is_dir():
         pytest.skip(f"reference data not found at {REFERENCE_DIR}")
-    strings: set[str] = set()
     for path in sorted(REFERENCE_DIR.rglob("*.json")):
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError):
             continue
+        yield data
+
+
+@pytest.fixture(scope="module")
+def reference_strings() -> list[str]:
+    strings: set[str] = set()
+    for data in _reference_documents():
         strings.update(_norm(s) for s in _all_strings(data) if s.strip())
     if not strings:
         pytest.skip(f"no reference JSON strings under {REFERENCE_DIR}")
@@ -83,14 +91,8 @@ def reference_strings() -> list[str]:
 
 @pytest.fixture(scope="module")
 def reference_negatives() -> set[str]:
-    if not REFERENCE_DIR.is_dir():
-        pytest.skip(f"reference data not found at {REFERENCE_DIR}")
     negs: set[str] = set()
-    for path in sorted(REFERENCE_DIR.rglob("*.json")):
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            continue
+    for data in _reference_documents():
         if isinstance(data, dict) and isinstance(data.get("instruction"), list):
             negs.update(_norm(p["neg"]) for p in data["instruction"] if isinstance(p, dict) and "neg" in p)
     return negs

@@ -4,7 +4,7 @@ The reference is computed independently of persona_lens: the HF model and tokeni
 loaded straight from the GGUF files shipped in the PyPI packages (not from persona_lens'
 dequantized cache), the token layout is re-implemented here (chat template + generation
 prompt, then the response; Gemma-3-270M has no chat template and uses the plain-text format
-``{system}\\n\\nUser: {question}\\nAssistant:``), and activations come from
+``{system}\\n\\nUser: {question}\\nAssistant: {response}``), and activations come from
 ``output_hidden_states=True``: layer l = ``hidden_states[l + 1]``, except the last layer, whose
 ``hidden_states`` entry is taken after the final norm, so it is read with a forward hook on
 ``model.model.layers[-1]``.
@@ -79,7 +79,10 @@ def _reference_token_layout(tok, row: dict, chat_template: bool) -> tuple[list[i
     else:
         text = f"{row['system']}\n\nUser: {row['question']}\nAssistant:"
         prompt = tok(text)["input_ids"]  # the tokenizer adds its BOS once
-    response = tok(row["response"], add_special_tokens=False)["input_ids"]
+    # plain text: "Assistant: {response}" -- the separating space belongs to the response, as the
+    # model generates it (its first token is " Paris", not "Paris")
+    response_text = row["response"] if chat_template else " " + row["response"]
+    response = tok(response_text, add_special_tokens=False)["input_ids"]
     return prompt, response
 
 

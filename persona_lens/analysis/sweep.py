@@ -60,9 +60,10 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from ..capture import resid_hooks
 from ..chat import make_batch, make_messages, prompt_ids, response_ids
-from ..io import JsonlAppender, atomic_write_json, atomic_write_text, iter_jsonl
-from ..models import check_layer, d_model, decoder, decoder_layers, model_device, model_id, n_layers, native
+from ..io import JsonlAppender, atomic_write_json, atomic_write_text, iter_jsonl, json_safe
+from ..models import check_layer, d_model, model_device, model_id, n_layers
 from ..steering import Steering
 from ..vectors import PersonaVector
 
@@ -142,19 +143,6 @@ def _nanmean(x) -> float:
     return float(a.mean()) if len(a) else float("nan")
 
 
-def _clean(x):
-    """JSON-safe: NaN/inf -> None, numpy scalars -> Python."""
-    if isinstance(x, dict):
-        return {k: _clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
-    if isinstance(x, (np.floating, float)):
-        return float(x) if math.isfinite(float(x)) else None
-    if isinstance(x, np.integer):
-        return int(x)
-    return x
-
-
 # --------------------------------------------------------------------------- recommendation
 
 
@@ -216,10 +204,6 @@ def recommend(
 # --------------------------------------------------------------------------- activations
 
 
-class _Stop(Exception):
-    pass
-
-
 def response_statistics(
     model,
     prompts: Sequence,
@@ -246,42 +230,25 @@ def response_statistics(
     if not keep:
         return {"response_mean": rmean, "token_norm": tnorm, "last_prompt": lastp}
     pos = {l: i for i, l in enumerate(layers)}
-    deepest = max(layers)
     state: dict = {}
 
-    def make_hook(layer: int):
-        def hook(_m, _a, output):
-            h = (output[0] if isinstance(output, tuple) else output).float()
-            rows, li = state["rows"], pos[layer]
-            m = state["mask"]
-            cnt = m.sum(1)
-            rmean[rows, li] = ((h * m).sum(1) / cnt).cpu()
-            tnorm[rows, li] = ((h.norm(dim=-1, keepdim=True) * m).sum(1)[:, 0] / cnt[:, 0]).cpu()
-            lastp[rows, li] = h[state["arange"], state["last"]].cpu()
-            if layer == deepest:
-                raise _Stop
-
-        return hook
+    def on_resid(layer: int, h: torch.Tensor) -> None:
+        rows, li = state["rows"], pos[layer]
+        m = state["mask"]
+        cnt = m.sum(1)
+        rmean[rows, li] = ((h * m).sum(1) / cnt).cpu()
+        tnorm[rows, li] = ((h.norm(dim=-1, keepdim=True) * m).sum(1)[:, 0] / cnt[:, 0]).cpu()
+        lastp[rows, li] = h[state["arange"], state["last"]].cpu()
 
     device = model_device(model)
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    mods = decoder_layers(model)
-    with native(model), torch.inference_mode():
-        base = decoder(model)
-        handles = [mods[l].register_forward_hook(make_hook(l)) for l in layers]
-        try:
-            for start in range(0, len(keep), batch_size):
-                idx = keep[start:start + batch_size]
-                batch = make_batch([p_ids[i] for i in idx], [r_ids[i] for i in idx], pad).to(device)
-                state.update(rows=torch.as_tensor(idx), mask=batch.response_mask[:, :, None].float(),
-                             last=batch.last_prompt_index, arange=torch.arange(len(idx), device=device))
-                try:
-                    base(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
-                except _Stop:
-                    pass
-        finally:
-            for h in handles:
-                h.remove()
+    with resid_hooks(model, layers, on_resid) as forward:
+        for start in range(0, len(keep), batch_size):
+            idx = keep[start:start + batch_size]
+            batch = make_batch([p_ids[i] for i in idx], [r_ids[i] for i in idx], pad).to(device)
+            state.update(rows=torch.as_tensor(idx), mask=batch.response_mask[:, :, None].float(),
+                         last=batch.last_prompt_index, arange=torch.arange(len(idx), device=device))
+            forward(batch)
     return {"response_mean": rmean, "token_norm": tnorm, "last_prompt": lastp}
 
 
@@ -324,8 +291,8 @@ class SweepResult:
         return next(r for r in self.layers if r["layer"] == layer)
 
     def to_dict(self) -> dict:
-        return _clean({"config": self.config, "recommendation": self.recommendation, "layers": self.layers,
-                       "steering": self.steering, "files": self.files})
+        return json_safe({"config": self.config, "recommendation": self.recommendation, "layers": self.layers,
+                          "steering": self.steering, "files": self.files})
 
     @classmethod
     def from_dict(cls, d: dict, generations: list[dict] | None = None, heldout: list[dict] | None = None):
@@ -395,12 +362,12 @@ class SweepResult:
 
         out_dir = Path(out_dir)
         files = {"json": str(out_dir / "sweep.json")}
-        plots.write_table(_clean(self.layers), out_dir / "sweep_layers")
-        plots.write_table(_clean(self.steering), out_dir / "sweep_steering")
+        plots.write_table(json_safe(self.layers), out_dir / "sweep_layers")
+        plots.write_table(json_safe(self.steering), out_dir / "sweep_steering")
         files.update(layers_csv=str(out_dir / "sweep_layers.csv"), steering_csv=str(out_dir / "sweep_steering.csv"))
         if figures:
             for key, fig in self.figures().items():
-                data = _clean(self.layers if key in ("sweep_separation", "sweep_norms") else self.steering)
+                data = json_safe(self.layers if key in ("sweep_separation", "sweep_norms") else self.steering)
                 plots.save_figure(fig, out_dir / key, data=data)
                 files[key] = str(out_dir / f"{key}.html")
         self.files = files
@@ -611,7 +578,7 @@ def layer_sweep(
     readout_layer = check_layer(model, int(readout_layer))
     config["readout_layer"] = readout_layer
     ro = layer_rows[readout_layer]
-    heldout_rows = [{**it, "response": t, "projection_readout": _clean(float(proj[i, readout_layer]))}
+    heldout_rows = [{**it, "response": t, "projection_readout": json_safe(float(proj[i, readout_layer]))}
                     for i, (it, t) in enumerate(zip(items, held_texts))]
 
     # ---- steering grid: every swept layer x alpha x prompt in one batched generation
@@ -656,7 +623,7 @@ def layer_sweep(
     generations = []
     for i, (g, t) in enumerate(zip(grid, texts)):
         row = {**g, "response": t, **coh[i], "trait_score": trait[i], "judge_coherence": jcoh[i]}
-        row["projection"] = _clean(float(gproj[i]))
+        row["projection"] = json_safe(float(gproj[i]))
         generations.append(row)
     base_coh = _nanmean([coh[i]["coherence"] for i in base_idx.values()])
     base_trait = _nanmean([trait[i] for i in base_idx.values()])
@@ -698,8 +665,8 @@ def layer_sweep(
         rec = recommend(layer_rows, steering_rows, effect_key="effect")
     config["n_heldout"] = int(len(items))
     config["base_coherence"] = base_coh
-    result = SweepResult(layers=_clean(layer_rows), steering=_clean(steering_rows), recommendation=_clean(rec),
-                         config=_clean(config), generations=_clean(generations), heldout=_clean(heldout_rows))
+    result = SweepResult(layers=json_safe(layer_rows), steering=json_safe(steering_rows), recommendation=json_safe(rec),
+                         config=json_safe(config), generations=json_safe(generations), heldout=json_safe(heldout_rows))
     if out is not None:
         atomic_write_text(out / "generations.scored.jsonl",
                           "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in result.generations))

@@ -14,6 +14,25 @@ def _model_args(p: argparse.ArgumentParser, flag: str = "--model") -> None:
     p.add_argument("--dtype", default=None, help="float32, bfloat16, float16")
 
 
+def _file_scoring_parser(sub, name: str, *, help: str, data: str, data_help: str, out_help: str):
+    """A parser for a command that scores a JSONL file along a vector at a layer (monitor, screen):
+    the data file, ``--vector``, ``--layer``, ``--out``; finish it with :func:`_streaming_args`."""
+    p = sub.add_parser(name, help=help)
+    p.add_argument(data, help=data_help)
+    p.add_argument("--vector", required=True)
+    p.add_argument("--layer", type=int, required=True)
+    p.add_argument("--out", required=True, help=out_help)
+    return p
+
+
+def _streaming_args(p: argparse.ArgumentParser, max_new_tokens_help: str | None = None) -> None:
+    """Generation length, streaming chunk and batch sizes, and the model options."""
+    p.add_argument("--max-new-tokens", type=int, default=128, help=max_new_tokens_help)
+    p.add_argument("--chunk-size", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=8)
+    _model_args(p)
+
+
 def _load(name: str, args):
     from ..models import load_model
 
@@ -53,32 +72,24 @@ def register(sub) -> None:
     _model_args(p)
     p.set_defaults(func=cmd_project)
 
-    p = sub.add_parser("monitor", help="last-prompt-token projection score of each prompt (before generating)")
-    p.add_argument("prompts", help="JSONL rows with 'messages' or 'system' + 'prompt'")
-    p.add_argument("--vector", required=True)
-    p.add_argument("--layer", type=int, required=True)
-    p.add_argument("--out", required=True, help="output JSONL (rows + 'score')")
+    p = _file_scoring_parser(
+        sub, "monitor", help="last-prompt-token projection score of each prompt (before generating)",
+        data="prompts", data_help="JSONL rows with 'messages' or 'system' + 'prompt'",
+        out_help="output JSONL (rows + 'score')")
     p.add_argument("--judge", default=None, help="openai:MODEL | local:MODEL | embedding: also generate, judge "
                    "trait expression and report Pearson r")
     p.add_argument("--persona", default=None, help="persona name or spec file for the judge's eval prompt "
                    "(default: the vector's persona)")
-    p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--chunk-size", type=int, default=256)
-    p.add_argument("--batch-size", type=int, default=8)
-    _model_args(p)
+    _streaming_args(p)
     p.set_defaults(func=cmd_monitor)
 
-    p = sub.add_parser("screen", help="flag training rows by projection difference vs the base model's own response")
-    p.add_argument("data", help="JSONL rows: 'messages' ending with the assistant response, or 'prompt' + 'response'")
-    p.add_argument("--vector", required=True)
-    p.add_argument("--layer", type=int, required=True)
-    p.add_argument("--out", required=True, help="output JSONL (rows + projection, base_projection, projection_diff)")
+    p = _file_scoring_parser(
+        sub, "screen", help="flag training rows by projection difference vs the base model's own response",
+        data="data", data_help="JSONL rows: 'messages' ending with the assistant response, or 'prompt' + 'response'",
+        out_help="output JSONL (rows + projection, base_projection, projection_diff)")
     p.add_argument("--top", type=int, default=20, help="print and write the K most flagged rows")
     p.add_argument("--base-cache", default=None, help="base-response cache JSONL (default: <out>.base_cache.jsonl)")
-    p.add_argument("--max-new-tokens", type=int, default=128, help="base response length")
-    p.add_argument("--chunk-size", type=int, default=256)
-    p.add_argument("--batch-size", type=int, default=8)
-    _model_args(p)
+    _streaming_args(p, "base response length")
     p.set_defaults(func=cmd_screen)
 
     p = sub.add_parser("shift", help="fine-tuning shift along a persona vector, per layer")

@@ -54,9 +54,9 @@ from typing import Any, Iterable, Sequence
 
 import torch
 
-from ..capture import REDUCTIONS, Captured
-from ..chat import Messages, as_messages, make_batch, prompt_ids, response_ids
-from ..errors import EmptyResponseError, LayerOutOfRangeError, VectorShapeError
+from ..capture import REDUCTIONS, Captured, prepare_inputs
+from ..chat import Messages, as_messages, make_batch, prompt_ids
+from ..errors import LayerOutOfRangeError, VectorShapeError
 from ..steering import Steering
 
 INSTALL_HINT = "pip install persona-lens[vllm]"
@@ -361,20 +361,8 @@ class VLLMBackend:
         ``O(n x layers x d_model)`` plus one batch. Compiled path: one sequence per forward.
         """
         tok = self.tokenizer
-        layers = list(range(self.n_layers)) if layers is None else sorted({self._check_layer(l) for l in layers})
-        for r in reductions:
-            if r not in REDUCTIONS:
-                raise ValueError(f"unknown reduction {r!r}; choose from {REDUCTIONS}")
-        reductions = [r for r in reductions if not (responses is None and r == "response_mean")]
-        p_ids = [prompt_ids(tok, as_messages(p)) for p in prompts]
-        r_ids = None
-        if responses is not None:
-            if len(responses) != len(prompts):
-                raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
-            r_ids = [response_ids(tok, r) for r in responses]
-            if "response_mean" in reductions and any(not r for r in r_ids):
-                first = next(i for i, r in enumerate(r_ids) if not r)
-                raise EmptyResponseError(f"response {first} has zero tokens: a response mean is undefined")
+        layers, reductions, p_ids, r_ids = prepare_inputs(tok, prompts, responses, layers, reductions,
+                                                          n_layers=self.n_layers, check_layer=self._check_layer)
         if steering is not None and steering.batch_size not in (None, len(p_ids)):
             raise ValueError(f"per-row steering has {steering.batch_size} rows for {len(p_ids)} prompts")
         names = self.capture_specs(layers)
