@@ -6,6 +6,7 @@ Layer l everywhere = TransformerLens ``blocks.{l}.hook_resid_post`` = HF ``hidde
 from ._version import __version__
 from .capture import Captured, capture
 from .extract import extract, extract_from_rows
+from .fast import CompiledSteeredGenerator
 from .generate import generate, generate_contrastive, generate_ids
 from .models import load_model
 from .personas import PersonaSpec, load_persona
@@ -15,5 +16,5 @@ from .vectors import PersonaVector
 __all__ = [
     "__version__", "load_model", "PersonaSpec", "load_persona", "generate", "generate_ids",
     "generate_contrastive", "capture", "Captured", "extract", "extract_from_rows", "PersonaVector",
-    "Steering", "steer",
+    "Steering", "steer", "CompiledSteeredGenerator",
 ]

@@ -39,3 +39,7 @@ class ModelMismatchError(PersonaLensError, ValueError):
 
 class JudgeError(PersonaLensError, RuntimeError):
     """A judge endpoint answered with something that cannot be scored (malformed body...)."""
+
+
+class FastPathLimitError(PersonaLensError, ValueError):
+    """A request does not fit a compiled generator's static shapes (batch or cache length)."""
