@@ -289,18 +289,29 @@ def sweep_separation(
     """Held-out separation per layer: AUROC (left axis) and Cohen's d (right axis).
 
     Pass the three sequences, or the sweep's per-layer rows (dicts with ``layer``, ``auroc``,
-    ``cohens_d``) as the first argument.
+    ``cohens_d``, and optionally ``auroc_last_prompt`` / ``auroc_text``, drawn as thinner lines)
+    as the first argument.
     """
     from plotly.subplots import make_subplots
 
     go = _go()
+    rows = None
     if auroc is None:
-        layers, auroc, cohens_d = _rows_to_columns(layers, "layer", "auroc", "cohens_d")  # type: ignore[arg-type]
+        rows = list(layers)  # type: ignore[arg-type]
+        layers, auroc, cohens_d = _rows_to_columns(rows, "layer", "auroc", "cohens_d")
     fig = make_subplots(specs=[[{"secondary_y": True}]])
     fig.add_trace(go.Scatter(x=list(layers), y=list(auroc), mode="lines+markers", name="AUROC",
                              line=dict(color=color(0), width=2.5), marker=dict(color=color(0))), secondary_y=False)
     fig.add_trace(go.Scatter(x=list(layers), y=list(cohens_d), mode="lines+markers", name="Cohen's d",
                              line=dict(color=color(1), dash="dot"), marker=dict(color=color(1))), secondary_y=True)
+    if rows is not None:  # the other read-outs of the same held-out answers, when the rows have them
+        for i, (key, label) in enumerate((("auroc_last_prompt", "AUROC, last prompt token (monitoring)"),
+                                          ("auroc_text", "AUROC, answer text only (screening)"))):
+            ys = [r.get(key) for r in rows]
+            if any(y is not None for y in ys):
+                fig.add_trace(go.Scatter(x=list(layers), y=[float("nan") if y is None else y for y in ys],
+                                         mode="lines", name=label, line=dict(color=color(2 + i), width=1.5)),
+                              secondary_y=False)
     fig.add_hline(y=0.5, line=dict(color="#aaa", width=1, dash="dot"), secondary_y=False)
     _mark_layer(fig, recommended_layer)
     fig.update_yaxes(title_text="AUROC (held-out pos vs neg)", range=[0.0, 1.05], secondary_y=False)

@@ -188,8 +188,29 @@ def test_layer_sweep_end_to_end_tiny(default_model, tmp_path):
     res = layer_sweep(default_model, v, spec, **kw)
     assert len(res.layers) == n_layers(default_model)
     assert {r["layer"] for r in res.steering} == {4, 8}
-    for key in ("vector_norm", "resid_norm", "norm_ratio", "auroc", "cohens_d", "auroc_last_prompt"):
+    for key in ("vector_norm", "resid_norm", "norm_ratio", "auroc", "cohens_d", "auroc_last_prompt", "auroc_text"):
         assert key in res.layers[0]
+    # auroc_text, independently: plain HF hidden_states[l+1] of each held-out answer after only its
+    # user question, response-mean, projected on v[l]/||v[l]||, then sklearn's AUROC
+    from sklearn.metrics import roc_auc_score
+
+    from persona_lens.chat import prompt_ids, response_ids
+    from persona_lens.models import native
+
+    tok = default_model.tokenizer
+    rows = [r for r in res.heldout if response_ids(tok, r["response"])]
+    assert {r["polarity"] for r in rows} == {"pos", "neg"}
+    with native(default_model) as hf, torch.no_grad():
+        for layer in (5, 20):
+            u = (v.layer(layer) / v.layer(layer).norm()).double()
+            proj = []
+            for r in rows:
+                pi = prompt_ids(tok, [{"role": "user", "content": r["question"]}])
+                ri = response_ids(tok, r["response"])
+                hs = hf(input_ids=torch.tensor([pi + ri]), output_hidden_states=True).hidden_states
+                proj.append(float(hs[layer + 1][0, len(pi):].double().mean(0) @ u))
+            expected = roc_auc_score([r["polarity"] == "pos" for r in rows], proj)
+            assert res.layer_row(layer)["auroc_text"] == pytest.approx(expected)
     row = next(r for r in res.steering if r["layer"] == 8 and r["alpha_frac"] == 0.3)
     assert row["alpha"] == pytest.approx(0.3 * res.layer_row(8)["resid_norm"] / float(v.norms()[8]), rel=1e-5)
     assert res.recommendation["layer"] in (4, 8)

@@ -13,7 +13,11 @@ its response tokens is projected on ``v[l]/||v[l]||``; ``auroc`` (pos vs neg, ti
 = the Mann-Whitney U statistic / (n_pos n_neg)) and ``cohens_d`` ((mean_pos - mean_neg) /
 pooled standard deviation with ddof=1) measure the separation, and ``gap = mean_pos - mean_neg``
 is the prompt-induced shift along ``v``. ``auroc_last_prompt`` is the same AUROC for the last
-prompt token (the monitoring position, before any response). These use every layer (one forward).
+prompt token (the monitoring position, before any response). ``auroc_text`` reads the same
+answers back with only the user question (no system prompt), the way data screening reads a
+training set: how well layer ``l`` tells the trait-styled *text* apart (the layer to screen at,
+:func:`persona_lens.analysis.screen.screen_file`; on SmolLM2 it peaks later than ``auroc``).
+These use every layer (one forward each).
 
 **Steering effect** (at the swept ``layers`` only). The held-out questions without a system
 prompt are answered (greedy) while ``alpha * v[l]`` is added at layer ``l`` (response
@@ -384,6 +388,11 @@ class SweepResult:
         parts = [f"Held-out AUROC (pos vs neg system prompt, projection on v/‖v‖) peaks at {best['auroc']:.2f} "
                  f"at layer {best['layer']} (Cohen's d {best['cohens_d']:.2f}); "
                  f"{sum(r['auroc'] >= 0.9 for r in rows)} of {len(rows)} layers reach 0.9."]
+        text_rows = [r for r in rows if r.get("auroc_text") is not None and math.isfinite(r["auroc_text"])]
+        if text_rows:
+            bt = max(text_rows, key=lambda r: r["auroc_text"])
+            parts.append(f"Read without their system prompt (as data screening reads text), the answers separate "
+                         f"best at layer {bt['layer']} (AUROC {bt['auroc_text']:.2f}): the layer to screen at.")
         if rec.get("layer") is not None:
             lr = self.layer_row(rec["layer"])
             s = f"Recommended layer: {rec['layer']} (AUROC {lr['auroc']:.2f}, ‖v‖/‖h‖ = {lr['norm_ratio']:.3f})"
@@ -557,6 +566,9 @@ def layer_sweep(
     units = vector.vectors / vector.norms().clamp_min(1e-12)[:, None]  # [L, d]
     proj = torch.einsum("nld,ld->nl", stats["response_mean"].double(), units.double()).numpy()
     proj_lp = torch.einsum("nld,ld->nl", stats["last_prompt"].double(), units.double()).numpy()
+    text_only = response_statistics(model, [make_messages(it["question"]) for it in items], held_texts, all_layers,
+                                    batch_size=batch_size)
+    proj_text = torch.einsum("nld,ld->nl", text_only["response_mean"].double(), units.double()).numpy()
     is_pos = np.array([it["polarity"] == "pos" for it in items])
     tnorm = stats["token_norm"].numpy()
     vnorm = vector.norms().numpy()
@@ -570,6 +582,7 @@ def layer_sweep(
             "auroc": auroc(p, q), "cohens_d": cohens_d(p, q),
             "mean_pos": _nanmean(p), "mean_neg": _nanmean(q), "gap": _nanmean(p) - _nanmean(q),
             "auroc_last_prompt": auroc(proj_lp[is_pos, l], proj_lp[~is_pos, l]),
+            "auroc_text": auroc(proj_text[is_pos, l], proj_text[~is_pos, l]),
             "swept": l in layers,
         })
     if readout_layer is None:
