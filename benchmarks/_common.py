@@ -350,6 +350,38 @@ def random_steering(bridge, layer: int | None, alpha: float, positions: str, see
     return layer, Steering.from_vector(direction / direction.norm(), layer, alpha, positions=positions)
 
 
+def generation_parser(doc: str) -> argparse.ArgumentParser:
+    """:func:`benchmark_parser` plus the options of the steered-generation benchmarks."""
+    p = benchmark_parser(doc, default_repeats=5)
+    p.add_argument("--new-tokens", type=int, default=64)
+    p.add_argument("--prompt-tokens", type=int, default=64)
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=None, help="default: 1 8 on CPU, 1 32 on a GPU")
+    p.add_argument("--layer", type=int, default=None, help="steered layer (default: n_layers // 2)")
+    p.add_argument("--alpha", type=float, default=4.0)
+    p.add_argument("--positions", default="response", choices=["response", "prompt", "all"])
+    return p
+
+
+@dataclass
+class GenerationSetup:
+    subject: Any
+    baseline_model: Any
+    batch_sizes: list[int]
+    layer: int
+    steering: Any
+    gen_kwargs: dict[str, Any]
+
+
+def generation_setup(args, device: str, dtype: torch.dtype) -> GenerationSetup:
+    """Model and baseline, batch sizes (1 8 on CPU, 1 32 on a GPU), a random steering and the
+    greedy HF ``generate`` kwargs, from :func:`generation_parser`'s options."""
+    subject, baseline_model = load_with_baseline(args, device, dtype)
+    on_gpu = torch.device(device).type == "cuda"
+    layer, steering = random_steering(subject.bridge, args.layer, args.alpha, args.positions, args.seed)
+    return GenerationSetup(subject, baseline_model, args.batch_sizes or ([1, 32] if on_gpu else [1, 8]), layer,
+                           steering, greedy_generate_kwargs(subject.tokenizer, args.new_tokens))
+
+
 def greedy_generate_kwargs(tokenizer, n_new: int) -> dict[str, Any]:
     """HF ``generate`` keyword arguments for exactly ``n_new`` greedy tokens per row
     (``min_new_tokens``: no early stop at EOS); ``pad_token_id`` falls back to EOS."""

@@ -49,13 +49,7 @@ BASELINE_DESCRIPTION = {
 
 
 def parse_args(argv=None):
-    p = C.benchmark_parser(__doc__, default_repeats=5)
-    p.add_argument("--new-tokens", type=int, default=64)
-    p.add_argument("--prompt-tokens", type=int, default=64)
-    p.add_argument("--batch-sizes", type=int, nargs="+", default=None, help="default: 1 8 on CPU, 1 32 on a GPU")
-    p.add_argument("--layer", type=int, default=None, help="steered layer (default: n_layers // 2)")
-    p.add_argument("--alpha", type=float, default=4.0)
-    p.add_argument("--positions", default="response", choices=["response", "prompt", "all"])
+    p = C.generation_parser(__doc__)
     p.add_argument("--mode", default=None,
                    help="torch.compile mode for ours (default: reduce-overhead on CUDA, torch's default elsewhere)")
     p.add_argument("--no-compile", action="store_true", help="ours without torch.compile (static cache only)")
@@ -72,13 +66,11 @@ def main(argv=None) -> int:
     from persona_lens.fast import CompiledSteeredGenerator
     from persona_lens.generate import _left_pad  # the same left padding as persona_lens generation
 
-    subject, baseline_model = C.load_with_baseline(args, device, dtype)
-    bridge, tok = subject.bridge, subject.tokenizer
-    on_gpu = torch.device(device).type == "cuda"
-    batch_sizes = args.batch_sizes or ([1, 32] if on_gpu else [1, 8])
-    layer, steering = C.random_steering(bridge, args.layer, args.alpha, args.positions, args.seed)
+    setup = C.generation_setup(args, device, dtype)
+    subject, baseline_model, batch_sizes = setup.subject, setup.baseline_model, setup.batch_sizes
+    bridge, tok, layer, steering = subject.bridge, subject.tokenizer, setup.layer, setup.steering
+    gen_kwargs = setup.gen_kwargs
     n_new = args.new_tokens
-    gen_kwargs = C.greedy_generate_kwargs(tok, n_new)
     pad_id = gen_kwargs["pad_token_id"]
     env = C.environment(device, dtype)
 
@@ -153,7 +145,7 @@ def main(argv=None) -> int:
         fast.close()
         if unsteerable is not None:
             unsteerable.close()
-        if on_gpu:
+        if torch.device(device).type == "cuda":
             torch.cuda.empty_cache()
     return 0
 

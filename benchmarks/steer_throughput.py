@@ -46,14 +46,7 @@ BASELINE_DESCRIPTION = {
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = C.benchmark_parser(__doc__, default_repeats=5)
-    p.add_argument("--new-tokens", type=int, default=64)
-    p.add_argument("--prompt-tokens", type=int, default=64)
-    p.add_argument("--batch-sizes", type=int, nargs="+", default=None,
-                   help="default: 1 8 on CPU, 1 32 on a GPU")
-    p.add_argument("--layer", type=int, default=None, help="steered layer (default: n_layers // 2)")
-    p.add_argument("--alpha", type=float, default=4.0)
-    p.add_argument("--positions", default="response", choices=["response", "prompt", "all"])
+    p = C.generation_parser(__doc__)
     return p.parse_args(argv)
 
 
@@ -64,15 +57,13 @@ def main(argv=None) -> int:
     from persona_lens.generate import generate_ids
     from persona_lens.models import hf_causal_lm
 
-    subject, baseline_model = C.load_with_baseline(args, device, dtype)
-    bridge, tok = subject.bridge, subject.tokenizer
-    on_gpu = torch.device(device).type == "cuda"
-    batch_sizes = args.batch_sizes or ([1, 32] if on_gpu else [1, 8])
-    layer, steering = C.random_steering(bridge, args.layer, args.alpha, args.positions, args.seed)
+    setup = C.generation_setup(args, device, dtype)
+    subject, baseline_model, batch_sizes = setup.subject, setup.baseline_model, setup.batch_sizes
+    bridge, tok, layer, steering = subject.bridge, subject.tokenizer, setup.layer, setup.steering
+    gen_kwargs = setup.gen_kwargs
     n_new = args.new_tokens
     # persona_lens' generate() reads the model's generation_config: no early stop at EOS.
     hf_causal_lm(bridge).generation_config.min_new_tokens = n_new
-    gen_kwargs = C.greedy_generate_kwargs(tok, n_new)
     env = C.environment(device, dtype)
 
     for batch in batch_sizes:
