@@ -385,9 +385,10 @@ def generation_setup(args, device: str, dtype: torch.dtype) -> GenerationSetup:
 def greedy_generate_kwargs(tokenizer, n_new: int) -> dict[str, Any]:
     """HF ``generate`` keyword arguments for exactly ``n_new`` greedy tokens per row
     (``min_new_tokens``: no early stop at EOS); ``pad_token_id`` falls back to EOS."""
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    from persona_lens.generate import padding_id
+
     return dict(max_new_tokens=n_new, min_new_tokens=n_new, do_sample=False, temperature=None, top_p=None,
-                top_k=None, pad_token_id=pad_id, eos_token_id=tokenizer.eos_token_id)
+                top_k=None, pad_token_id=padding_id(tokenizer), eos_token_id=tokenizer.eos_token_id)
 
 
 def baseline_generate(bridge, baseline_model, ids: torch.Tensor, mask: torch.Tensor, gen_kwargs: dict) -> int:

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from .chat import Messages, as_messages, make_batch, prompt_ids, response_ids
 from .errors import EmptyResponseError
 from .models import check_layer, d_model, decoder, decoder_layers, model_device, n_layers, native
-from .steering import Steering
+from .steering import Steering, _hidden
 
 REDUCTIONS = ("response_mean", "last_prompt", "prompt_mean")
 
@@ -46,10 +46,6 @@ class Captured:
 
     def at(self, reduction: str, layer: int) -> Float[Tensor, "n d_model"]:
         return self.data[reduction][:, self.layers.index(layer)]
-
-
-def _hidden(output):
-    return output[0] if isinstance(output, tuple) else output
 
 
 @contextlib.contextmanager

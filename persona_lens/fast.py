@@ -68,21 +68,13 @@ from torch import Tensor, nn
 
 from .chat import Messages, as_messages, prompt_ids
 from .errors import FastPathLimitError, LayerOutOfRangeError, VectorShapeError
-from .generate import Generation, _left_pad, eos_ids
-from .models import d_model, decoder, decoder_layers, hf_causal_lm, model_device, model_dtype, n_layers, native
-from .steering import Steering
+from .generate import Generation, _left_pad, eos_ids, padding_id, to_generation
+from .models import check_layer, d_model, decoder, decoder_layers, hf_causal_lm, model_device, model_dtype, n_layers, native
+from .steering import Steering, _hidden, _replace_hidden
 
 __all__ = ["CompiledSteeredGenerator", "FastPathLimitError"]
 
 _INF = 2**62  # "no upper bound" for a position threshold
-
-
-def _hidden(output):
-    return output[0] if isinstance(output, tuple) else output
-
-
-def _replace_hidden(output, hidden):
-    return (hidden,) + tuple(output[1:]) if isinstance(output, tuple) else hidden
 
 
 def _own_code(method):
@@ -176,17 +168,13 @@ class CompiledSteeredGenerator:
         self.max_cache_len = int(max_cache_len)
         self.n_layers = n_layers(model)
         self.width = d_model(model)
-        self.layers = tuple(range(self.n_layers)) if layers is None else tuple(sorted(set(layers)))
-        for layer in self.layers:
-            if not isinstance(layer, int) or not 0 <= layer < self.n_layers:
-                raise LayerOutOfRangeError(f"layer {layer} is out of range: this model has layers 0..{self.n_layers - 1}")
+        self.layers = tuple(range(self.n_layers)) if layers is None else tuple(sorted({check_layer(model, l) for l in layers}))
         self.compiled = bool(compile)
         if mode is None and self.device.type == "cuda" and backend == "inductor":
             mode = "reduce-overhead"
         self.mode = mode if self.compiled else None
         self.stop_check_every = stop_check_every or (1 if self.device.type == "cpu" else 8)
-        tok = self.tokenizer
-        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        self.pad_id = padding_id(self.tokenizer)
         self.stops = eos_ids(model)
 
         originals = decoder_layers(model)
@@ -246,14 +234,8 @@ class CompiledSteeredGenerator:
                 if layer not in self._wrappers:
                     raise LayerOutOfRangeError(
                         f"layer {layer} is not steerable by this generator (built with layers={list(self.layers)})")
-                buf = self._wrappers[layer].delta
-                d = delta.to(device=self.device, dtype=self.dtype)
-                if d.ndim == 2:
-                    if d.shape[0] != batch:
-                        raise VectorShapeError(f"per-row steering has {d.shape[0]} rows but the batch has {batch}")
-                    buf[:batch].copy_(d)
-                else:
-                    buf[:batch].copy_(d.expand(batch, -1))
+                # [d] broadcasts to every row; [batch, d] (per row) was checked against batch by _check
+                self._wrappers[layer].delta[:batch].copy_(delta.to(device=self.device, dtype=self.dtype).expand(batch, -1))
 
     def steering_buffers(self) -> dict[int, Tensor]:
         """The live per-layer delta buffers (``[max_batch_size, d_model]``), for inspection."""
@@ -446,15 +428,7 @@ class CompiledSteeredGenerator:
                     break
             rows = history[:batch, width:width + n_done].tolist()
 
-        gens = []
-        for p, row in zip(chunk, rows):
-            resp = []
-            for t in row:
-                if t in self.stops:
-                    break
-                resp.append(t)
-            gens.append(Generation(self.tokenizer.decode(resp, skip_special_tokens=True).strip(), p, resp))
-        return gens
+        return [to_generation(self.tokenizer, p, row, self.stops) for p, row in zip(chunk, rows)]
 
     @staticmethod
     def _warpers(temperature: float, top_p: float) -> list:

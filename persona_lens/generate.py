@@ -41,6 +41,21 @@ def eos_ids(model) -> set[int]:
     return ids
 
 
+def padding_id(tokenizer) -> int:
+    """The id left padding uses: the tokenizer's pad token, else its EOS."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+def to_generation(tokenizer, prompt: list[int], new_ids: Sequence[int], stops: set[int]) -> Generation:
+    """A row of generated ids cut at the first stop id, decoded (special tokens skipped, stripped)."""
+    resp = []
+    for t in new_ids:
+        if t in stops:
+            break
+        resp.append(t)
+    return Generation(tokenizer.decode(resp, skip_special_tokens=True).strip(), prompt, resp)
+
+
 def _left_pad(batch: Sequence[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(p) for p in batch)
     ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
@@ -66,7 +81,7 @@ def generate_ids(
 ) -> list[Generation]:
     """Greedy when ``temperature == 0``; otherwise sampling seeded per batch (``seed + batch``)."""
     tok = model.tokenizer
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    pad = padding_id(tok)
     stops = eos_ids(model)
     all_ids = [prompt_ids(tok, as_messages(p)) for p in prompts]
     if steering is not None and steering.batch_size not in (None, len(all_ids)):
@@ -77,9 +92,9 @@ def generate_ids(
     with native(model) as hf:
         for b, start in enumerate(range(0, len(all_ids), batch_size)):
             chunk = all_ids[start:start + batch_size]
-            ids, mask = _left_pad(chunk, pad_id)
+            ids, mask = _left_pad(chunk, pad)
             sampling = temperature > 0
-            kwargs = dict(max_new_tokens=max_new_tokens, do_sample=sampling, pad_token_id=pad_id,
+            kwargs = dict(max_new_tokens=max_new_tokens, do_sample=sampling, pad_token_id=pad,
                           eos_token_id=sorted(stops) or None)
             if sampling:
                 kwargs.update(temperature=temperature, top_p=top_p, top_k=0)
@@ -92,13 +107,7 @@ def generate_ids(
             with ctx, torch.inference_mode():
                 gen = hf.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs)
             new = gen[:, ids.shape[1]:].tolist()
-            for p, row in zip(chunk, new):
-                resp = []
-                for t in row:
-                    if t in stops:
-                        break
-                    resp.append(t)
-                out.append(Generation(tok.decode(resp, skip_special_tokens=True).strip(), p, resp))
+            out += [to_generation(tok, p, row, stops) for p, row in zip(chunk, new)]
             bar.update(len(chunk))
     bar.close()
     return out
