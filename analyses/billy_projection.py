@@ -31,6 +31,17 @@ from pathlib import Path
 
 import numpy as np
 
+from persona_lens.analysis import projection
+from persona_lens.analysis.projection import ProjectionConfig, task_prompts
+from persona_lens.extraction import extract
+from persona_lens.io import atomic_write_json
+from persona_lens.models import load_model
+from persona_lens.personas import builtin_names, load_persona
+from persona_lens.personas.billy import PAPER_ALPHA, PAPER_LAYER
+from persona_lens.vectors import PersonaVector
+from persona_lens.viz import projection as projection_viz
+from persona_lens.viz import save_figure
+
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -40,8 +51,9 @@ def parse_args(argv=None):
     p.add_argument("--vectors", nargs="+", required=True,
                    help="vector files or built-in persona names; repeats count in the merge (BILLY: futurist twice)")
     p.add_argument("--merged", default=None, help="merged vector file (default: plain mean of --vectors)")
-    p.add_argument("--layer", type=int, default=19, help="steering layer (default 19 = HF hidden_states[20])")
-    p.add_argument("--alpha", type=float, default=2.0, help="steering coefficient (BILLY: 2.0)")
+    p.add_argument("--layer", type=int, default=PAPER_LAYER,
+                   help=f"steering layer (default BILLY's {PAPER_LAYER} = HF hidden_states[{PAPER_LAYER + 1}])")
+    p.add_argument("--alpha", type=float, default=PAPER_ALPHA, help=f"steering coefficient (BILLY: {PAPER_ALPHA})")
     p.add_argument("--tasks", nargs="+", default=["aut"], help="'aut' and/or task files (.txt/.jsonl/.json, "
                    "LLM-Discussion AUT layout accepted)")
     p.add_argument("--n", type=int, default=None, help="first N prompts of each task")
@@ -55,9 +67,6 @@ def parse_args(argv=None):
 
 
 def load_vectors(args, model, out: Path):
-    from persona_lens.extract import extract
-    from persona_lens.personas import builtin_names, load_persona
-    from persona_lens.vectors import PersonaVector
 
     cache: dict[str, PersonaVector] = {}
     vectors = []
@@ -98,11 +107,6 @@ def summarize(result, layer: int) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from persona_lens.analysis.projection import projection_analysis, task_prompts
-    from persona_lens.models import load_model
-    from persona_lens.plots_analysis import projection_figure, save_figure
-    from persona_lens.vectors import PersonaVector
-
     out = Path(args.out)
     model = load_model(args.model, device=args.device, dtype=args.dtype)
     vectors = load_vectors(args, model, out)
@@ -113,18 +117,17 @@ def main(argv=None) -> int:
         name = Path(task).stem if task != "aut" else "aut"
         prompts = task_prompts(task, args.n)
         print(f"[{name}] {len(prompts)} prompts x conditions ...", file=sys.stderr)
-        result = projection_analysis(model, vectors, prompts, layer=args.layer, alpha=args.alpha, merged=merged,
-                                     positions=args.positions, max_new_tokens=args.max_new_tokens,
-                                     batch_size=args.batch_size)
-        files = {k: str(v) for k, v in result.save(out / name).items()}
-        for pos in result.positions:
-            files[f"figure_{pos}"] = str(save_figure(projection_figure(result, pos), out / name / f"projection_{pos}"))
+        config = ProjectionConfig(layer=args.layer, alpha=args.alpha, positions=args.positions,
+                                  max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+        result = projection.run(model, config, vectors=vectors, prompts=prompts, merged=merged)
+        folder = result.save(out / name)
+        files = {"folder": str(folder)}
+        for key, fig in projection_viz.figures(result).items():
+            files[key] = str(save_figure(fig, folder / key))
         summary["tasks"][name] = {"n_prompts": result.n_prompts, "files": files,
                                   "projection": summarize(result, args.layer),
                                   "multi_role_prompt": result.settings["multi_role_prompt"]}
     path = out / "summary.json"
-    from persona_lens.io import atomic_write_json
-
     atomic_write_json(path, summary)
     for name, t in summary["tasks"].items():
         rm = t["projection"]["response_mean"]

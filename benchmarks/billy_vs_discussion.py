@@ -41,21 +41,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
 
-    from persona_lens.evals.creativity.harness import CreativityConfig, CreativityHarness
+    from persona_lens.evals.creativity import CreativityConfig, CreativityHarness
     from persona_lens.models import load_model, model_id
 
     roles = [r for r in args.roles.split(",") if r]
     model = load_model(args.model, device=args.device)
-    cfg = CreativityConfig(out=args.cache, tasks=[args.task], methods=["billy", "discussion"], n=args.n,
-                           model=args.model, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+    cfg = CreativityConfig(tasks=[args.task], methods=["billy", "discussion"], n=args.n,
+                           max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                            batch_size=1, tasks_dir=args.tasks_dir, layer=args.layer, alpha=args.alpha,
                            merged=args.merged, vectors=args.vectors, extract_questions=args.extract_questions,
                            extract_max_tokens=args.extract_max_tokens, roles=roles, rounds=args.rounds,
-                           judge="none", progress=False)
-    h = CreativityHarness(cfg, model=model)
+                           judge="none")
+    h = CreativityHarness(model, cfg, out=args.cache, progress=False)
     items = h.items[h.cfg.tasks[0] if h.cfg.tasks[0] in h.items else next(iter(h.items))]
-    billy = h.build_method("billy")  # extracts/blends the vector before any timing
-    discussion = h.build_method("discussion")
+    billy = h.builder.build("billy")  # extracts/blends the vector before any timing
+    discussion = h.builder.build("discussion")
     agent_batch = len(roles) if args.parallel_agents else 1
 
     billy.run(model, items[:1], seed=args.seed, max_new_tokens=8, batch_size=1)  # warm-up

@@ -6,7 +6,7 @@ For each batch size, in the same process:
 * **baseline** — unsteered, plain transformers ``model.generate`` with its default dynamic KV
   cache, eager (no compile), SDPA attention, greedy, on a model the bridge never touched
   (``--baseline separate``, the default; ``native``: the bridge's own HF model inside
-  ``persona_lens.models.native``). Token ids prepared up front.
+  ``persona_lens.native.native``). Token ids prepared up front.
 * **ours** — ``persona_lens.fast.CompiledSteeredGenerator(bridge, max_batch_size=batch,
   max_cache_len=prompt + new tokens)`` with ``Steering.from_vector(v, layer, alpha, positions)``:
   static KV cache, compiled decode step (``mode="reduce-overhead"``, i.e. CUDA graphs, on a
@@ -36,15 +36,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import torch  # noqa: E402
-
 import _common as C  # noqa: E402
+import _measure as M  # noqa: E402
+import _subject as S  # noqa: E402
+import torch  # noqa: E402
 
 BASELINE_DESCRIPTION = {
     "separate": "plain transformers generate() (dynamic cache, eager) on a separately built HF model never "
                 "wrapped by the bridge, sdpa attention, unsteered",
     "native": "plain transformers generate() (dynamic cache, eager) on the bridge's HF model inside "
-              "persona_lens.models.native(), sdpa attention, unsteered",
+              "persona_lens.native.native(), sdpa attention, unsteered",
 }
 
 
@@ -60,11 +61,11 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    device, dtype = C.setup(args)
+    device, dtype = S.setup(args)
 
     from persona_lens.chat import prompt_ids
     from persona_lens.fast import CompiledSteeredGenerator
-    from persona_lens.generate import _left_pad  # the same left padding as persona_lens generation
+    from persona_lens.generation import _left_pad  # the same left padding as persona_lens generation
 
     setup = C.generation_setup(args, device, dtype)
     subject, baseline_model, batch_sizes = setup.subject, setup.baseline_model, setup.batch_sizes
@@ -72,7 +73,7 @@ def main(argv=None) -> int:
     gen_kwargs = setup.gen_kwargs
     n_new = args.new_tokens
     pad_id = gen_kwargs["pad_token_id"]
-    env = C.environment(device, dtype)
+    env = M.environment(device, dtype)
 
     for batch in batch_sizes:
         made = [C.chat_prompt_of_length(tok, args.prompt_tokens, seed=args.seed * 1000 + i) for i in range(batch)]
@@ -101,14 +102,14 @@ def main(argv=None) -> int:
 
         compile_s = {}
         for name in [k for k in variants if k != "baseline"]:
-            C.log(f"batch {batch}: first call of {name} (compiles the decode step)")
-            seconds, _ = C.time_call(variants[name], device)
+            M.log(f"batch {batch}: first call of {name} (compiles the decode step)")
+            seconds, _ = M.time_call(variants[name], device)
             compile_s[name] = round(seconds, 2)
         for _ in range(args.warmup):
             for fn in variants.values():
                 fn()
-        C.log(f"batch {batch}: timing {', '.join(variants)} x {args.repeats}")
-        runs = C.time_alternating(variants, args.repeats, device, memory="process")
+        M.log(f"batch {batch}: timing {', '.join(variants)} x {args.repeats}")
+        runs = M.time_alternating(variants, args.repeats, device, memory="process")
         times = runs.seconds
         produced = {k: (v[-1] if v else None) for k, v in runs.results.items()}
         peaks = {k: v[-1] for k, v in runs.peak_mb.items() if v}
@@ -136,12 +137,12 @@ def main(argv=None) -> int:
             record["ours_unsteerable_tok_s"] = round(tps["ours_unsteerable"], 2)
             record["steering_add_cost"] = round(1 - tps["ours"] / tps["ours_unsteerable"], 4)
             extra = f", no-wrapper fast path {tps['ours_unsteerable']:.1f} tok/s"
-        human = (C.headline("fast_generate", subject, device, env) + f"batch={batch} "
+        human = (M.headline("fast_generate", subject, device, env) + f"batch={batch} "
                  f"prompt={'/'.join(map(str, lengths))} new={n_new}: HF eager {tps['baseline']:.1f} tok/s, "
                  f"persona_lens {'static, eager step' if args.no_compile else 'static+compiled'} steered (L{layer}, {args.positions}) {tps['ours']:.1f} tok/s"
-                 f"{extra}, " + C.ratio_note(ratio, args.repeats, record["ratio_cpu_time"])
+                 f"{extra}, " + M.ratio_note(ratio, args.repeats, record["ratio_cpu_time"])
                  + f"; compile {compile_s.get('ours', float('nan')):.0f} s")
-        C.emit("fast_generate", human, record)
+        M.emit("fast_generate", human, record)
         fast.close()
         if unsteerable is not None:
             unsteerable.close()

@@ -9,7 +9,7 @@ For each batch size, in the same process:
   from; for ``--shape`` it is a deep copy of the random-weight model taken before the bridge
   wrapped it. SDPA attention, greedy, token ids prepared up front (tokenization not timed).
   ``--baseline native`` instead runs the bridge's own HF model inside
-  ``persona_lens.models.native`` (bridge wrappers removed) to avoid a second copy of the weights.
+  ``persona_lens.native.native`` (bridge wrappers removed) to avoid a second copy of the weights.
 * **ours** — ``persona_lens.generate_ids`` with ``Steering.from_vector(v, layer, alpha,
   positions)`` on the ``TransformerBridge``: the full public API, chat templating,
   tokenization and decoding included.
@@ -33,14 +33,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import torch  # noqa: E402
-
 import _common as C  # noqa: E402
+import _measure as M  # noqa: E402
+import _subject as S  # noqa: E402
 
 BASELINE_DESCRIPTION = {
     "separate": "plain transformers generate() on a separately built HF model (never wrapped by the bridge), "
                 "sdpa attention, unsteered",
-    "native": "plain transformers generate() on the bridge's HF model inside persona_lens.models.native() "
+    "native": "plain transformers generate() on the bridge's HF model inside persona_lens.native.native() "
               "(bridge wrappers removed), sdpa attention, unsteered",
 }
 
@@ -52,9 +52,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    device, dtype = C.setup(args)
+    device, dtype = S.setup(args)
 
-    from persona_lens.generate import generate_ids
+    from persona_lens.generation import generate_ids
     from persona_lens.models import hf_causal_lm
 
     setup = C.generation_setup(args, device, dtype)
@@ -64,7 +64,7 @@ def main(argv=None) -> int:
     n_new = args.new_tokens
     # persona_lens' generate() reads the model's generation_config: no early stop at EOS.
     hf_causal_lm(bridge).generation_config.min_new_tokens = n_new
-    env = C.environment(device, dtype)
+    env = M.environment(device, dtype)
 
     for batch in batch_sizes:
         messages, lengths, ids, mask = C.left_padded_chat_prompts(tok, batch, args.prompt_tokens, args.seed,
@@ -82,7 +82,7 @@ def main(argv=None) -> int:
             baseline()
             ours()
         # memory="process": peak_memory_mb() after each run (process-wide; no sampling thread)
-        runs = C.time_alternating({"baseline": baseline, "ours": ours}, args.repeats, device, memory="process")
+        runs = M.time_alternating({"baseline": baseline, "ours": ours}, args.repeats, device, memory="process")
         times = runs.seconds
         produced = {k: (v[-1] if v else None) for k, v in runs.results.items()}  # tokens per row, last run
         peaks = {k: v[-1] for k, v in runs.peak_mb.items() if v}
@@ -102,11 +102,11 @@ def main(argv=None) -> int:
             "tokens_per_row_generated": produced, "repeats": args.repeats, "warmup": args.warmup,
             "peak_memory_mb": peaks, **env,
         }
-        human = (C.headline("steer_throughput", subject, device, env) + f"batch={batch} "
+        human = (M.headline("steer_throughput", subject, device, env) + f"batch={batch} "
                  f"prompt={'/'.join(map(str, lengths))} new={n_new}: plain HF {tps['baseline']:.1f} tok/s, "
                  f"persona_lens steered (L{layer}, {args.positions}) {tps['ours']:.1f} tok/s, "
-                 + C.ratio_note(ratio, args.repeats))
-        C.emit("steer_throughput", human, record)
+                 + M.ratio_note(ratio, args.repeats))
+        M.emit("steer_throughput", human, record)
     return 0
 
 

@@ -4,10 +4,10 @@ Layer l everywhere = TransformerLens ``blocks.{l}.hook_resid_post`` = HF ``hidde
 """
 
 from ._version import __version__
-from .capture import Captured, capture
-from .extract import extract, extract_from_rows
+from .activations import Captured, capture
+from .extraction import extract, extract_from_rows
 from .fast import CompiledSteeredGenerator
-from .generate import generate, generate_contrastive, generate_ids
+from .generation import generate, generate_contrastive, generate_ids
 from .models import load_model
 from .personas import PersonaSpec, load_persona
 from .steering import Steering, steer

@@ -31,7 +31,7 @@ Vectors from different models or of different shapes are refused
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -71,11 +71,11 @@ def gram_schmidt(stack: Tensor, tol: float = _GS_TOL) -> Tensor:
     return out.float()
 
 
-def blend_components(vectors: Sequence[PersonaVector], method: str = "mean") -> Tensor:
+def blend_components(vectors: Sequence[PersonaVector | Tensor], method: str = "mean") -> Tensor:
     """The per-component tensors ``c_i`` (``[n, n_layers, d]``) that ``blend`` weights and sums."""
     if method not in BLEND_METHODS:
         raise ValueError(f"unknown blend method {method!r}; choose from {BLEND_METHODS}")
-    stack = torch.stack([v.vectors for v in vectors])
+    stack = torch.stack([v.vectors if isinstance(v, PersonaVector) else v for v in vectors])
     if method in ("mean", "weighted"):
         return stack
     if method == "normalized":
@@ -111,9 +111,17 @@ def blend(
         w = _check_weights(weights, n)
     else:
         w = [1.0 / n] * n if weights is None else _check_weights(weights, n)
-    comps = blend_components(vectors, method)
+    # The edge rows (embedding output, after the final norm) blend like one more layer each, so a
+    # blend exports to the Persona Vectors .pt layout too; kept only when every input has them.
+    edges = all(v.embed_diff is not None and v.final_norm_diff is not None for v in vectors)
+    rows = [torch.cat([v.embed_diff[None], v.vectors, v.final_norm_diff[None]])  # type: ignore[index]
+            if edges else v.vectors for v in vectors]
+    comps = blend_components(rows, method)
     w_t = torch.tensor(w, dtype=torch.float64)
     result = (comps.double() * w_t[:, None, None]).sum(0).float()
+    embed_diff = final_norm_diff = None
+    if edges:
+        embed_diff, result, final_norm_diff = result[0], result[1:-1], result[-1]
 
     names = [v.name for v in vectors]
     first = vectors[0]
@@ -137,4 +145,4 @@ def blend(
             md[key] = first.metadata[key]
     if method == "orthogonal":
         md["orthogonal_order"] = names
-    return PersonaVector(result, md)
+    return PersonaVector(result, md, embed_diff, final_norm_diff)

@@ -12,8 +12,8 @@ mask marks the response tokens only, never padding, never prompt.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from jaxtyping import Bool, Int
@@ -101,7 +101,7 @@ class TokenBatch:
     response_mask: Bool[Tensor, "batch pos"]
     last_prompt_index: Int[Tensor, " batch"]
 
-    def to(self, device) -> "TokenBatch":
+    def to(self, device) -> TokenBatch:
         return TokenBatch(*(t.to(device) for t in (
             self.input_ids, self.attention_mask, self.prompt_mask, self.response_mask, self.last_prompt_index)))
 

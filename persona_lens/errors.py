@@ -43,3 +43,25 @@ class JudgeError(PersonaLensError, RuntimeError):
 
 class FastPathLimitError(PersonaLensError, ValueError):
     """A request does not fit a compiled generator's static shapes (batch or cache length)."""
+
+
+class StoreLockedError(PersonaLensError, RuntimeError):
+    """Another process holds the write lock of a resumable file (``<file>.lock``)."""
+
+
+class InputFileError(PersonaLensError, ValueError):
+    """An input file cannot be used: not UTF-8, malformed JSONL, a row missing a field, or empty."""
+
+
+class MissingLayerError(LayerOutOfRangeError):
+    """A row a vector does not hold: the last layer of an imported Persona Vectors ``.pt`` file
+    (its last row is after the final norm), or the embedding / final-norm row of a vector made
+    without them."""
+
+
+class ContextLengthError(PersonaLensError, ValueError):
+    """A prompt plus the tokens to generate do not fit the model's context window."""
+
+
+class NoEffectivePairsError(PersonaLensError, ValueError):
+    """Judge filtering removed every contrastive pair: nothing is left to extract from."""

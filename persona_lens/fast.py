@@ -1,7 +1,7 @@
 """Opt-in fast steered generation: a static KV cache, a ``torch.compile``d decode step, steering
 as buffers added inside the compiled graph.
 
-Why this path exists. ``persona_lens.generate`` runs Hugging Face ``generate`` with a dynamic KV
+Why this path exists. ``persona_lens.generation`` runs Hugging Face ``generate`` with a dynamic KV
 cache and steers through forward hooks; that is exactly as fast as plain HF eager generation,
 which on a GPU is bound by Python and kernel-launch overhead at small batch sizes. Compiling the
 decode step removes that overhead, but only if every step has the same shapes and no Python runs
@@ -26,19 +26,17 @@ inside the step:
   unsteered output of this path.
 
 Positions. Rows are left padded to a common width ``W`` and given HF's position ids (``cumsum``
-of the mask minus one), so row ``i`` with ``n_i`` prompt tokens has its last prompt token at
-position ``n_i - 1`` (padded column ``W - 1``) and generated tokens at ``n_i, n_i + 1, ...``.
-A layer adds ``delta`` where ``lo_i <= position < hi_i``:
-
-* ``"response"``: ``lo_i = n_i - 1``, ``hi_i = inf`` (the last prompt token and every generated one);
-* ``"prompt"``:   ``lo_i = -1``,      ``hi_i = n_i`` (the prefill only);
-* ``"all"``:      ``lo_i = -1``,      ``hi_i = inf``.
+of the mask minus one), which are then each token's index among its row's real tokens: row ``i``
+with ``n_i`` prompt tokens has its last prompt token at position ``n_i - 1`` and generated tokens
+at ``n_i, n_i + 1, ...``. A layer adds ``delta`` where ``lo_i <= position < hi_i``, with the
+window taken from :func:`persona_lens.positions.window` — the one position policy the hook path
+and the vLLM path use too.
 
 (Padding tokens are masked out of attention, so whether they are steered changes nothing.)
 
 The prefill runs eagerly (a new prompt width would otherwise mean a new graph, as in HF's own
 compiled generation); the per-token decode step is compiled. Greedy decoding and seeded
-sampling (``temperature``, ``top_p``) follow ``persona_lens.generate.generate_ids``: same
+sampling (``temperature``, ``top_p``) follow ``persona_lens.generation.generate_ids``: same
 left padding, same position ids, the model's ``min_new_tokens`` and ``repetition_penalty``, the
 same transformers logits warpers and one ``torch.multinomial`` over the real rows per step,
 stop at any eos id. With the decode step eager (``compile=False``) the tokens equal
@@ -54,80 +52,29 @@ Use::
         out = gen.generate_ids(prompts, max_new_tokens=64, steering=other)   # no recompile
 
 The model is left untouched: the wrappers are put in for the duration of one call (inside
-``persona_lens.models.native``) and taken out after it; ``close()`` (or leaving the ``with``
+``persona_lens.native.native``) and taken out after it; ``close()`` (or leaving the ``with``
 block) frees the cache and the compiled step.
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from .chat import Messages, as_messages, prompt_ids
 from .errors import FastPathLimitError, LayerOutOfRangeError, VectorShapeError
-from .generate import Generation, _left_pad, eos_ids, padding_id, to_generation
-from .models import check_layer, d_model, decoder, decoder_layers, hf_causal_lm, model_device, model_dtype, n_layers, native
-from .steering import Steering, _hidden, _replace_hidden
+from .fast_graph import GateState, SteeredLayer, own_code
+from .generation import Generation, _left_pad, eos_ids, padding_id, seeded_rng, to_generation
+from .models import check_layer, d_model, decoder, decoder_layers, hf_causal_lm, model_device, model_dtype, n_layers
+from .native import native
+from .positions import window
+from .steering import Steering
 
 __all__ = ["CompiledSteeredGenerator", "FastPathLimitError"]
-
-_INF = 2**62  # "no upper bound" for a position threshold
-
-
-def _own_code(method):
-    """``method`` re-bound to a private copy of its code object.
-
-    torch.compile keeps compiled graphs per code object, and a code object holds at most
-    ``torch._dynamo.config.recompile_limit`` of them (8): every generator compiling the one shared
-    ``_decode`` would count against that limit (and then silently fall back to eager). A copy per
-    generator gives each its own graph cache, freed with the generator.
-    """
-    import types
-
-    fn = method.__func__
-    _own_code.count += 1
-    code = fn.__code__.replace(co_name=f"{fn.__name__}_{_own_code.count}")
-    clone = types.FunctionType(code, fn.__globals__, code.co_name, fn.__defaults__, fn.__closure__)
-    return types.MethodType(clone, method.__self__)
-
-
-_own_code.count = 0
-
-
-class _GateState(nn.Module):
-    """Per-row position thresholds shared by every steered layer: steer where ``lo <= pos < hi``."""
-
-    def __init__(self, max_batch: int, device: torch.device):
-        super().__init__()
-        self.register_buffer("lo", torch.full((max_batch,), _INF, dtype=torch.long, device=device), persistent=False)
-        self.register_buffer("hi", torch.full((max_batch,), _INF, dtype=torch.long, device=device), persistent=False)
-
-
-class _SteeredLayer(nn.Module):
-    """A decoder layer followed by ``output + gate * delta`` (``delta``: ``[max_batch, d_model]``)."""
-
-    def __init__(self, layer: nn.Module, state: _GateState, max_batch: int, width: int,
-                 dtype: torch.dtype, device: torch.device):
-        super().__init__()
-        self.layer = layer
-        self.state = state
-        self.register_buffer("delta", torch.zeros(max_batch, width, dtype=dtype, device=device), persistent=False)
-
-    def forward(self, *args, **kwargs):
-        output = self.layer(*args, **kwargs)
-        hidden = _hidden(output)
-        pos = kwargs.get("position_ids")
-        if pos is None:
-            raise RuntimeError("CompiledSteeredGenerator: the decoder layer was called without position_ids")
-        batch = hidden.shape[0]
-        pos = pos.expand(batch, hidden.shape[1])
-        gate = (pos >= self.state.lo[:batch, None]) & (pos < self.state.hi[:batch, None])
-        hidden = hidden + gate.to(hidden.dtype)[:, :, None] * self.delta[:batch, None, :]
-        return _replace_hidden(output, hidden)
-
 
 class CompiledSteeredGenerator:
     """Static-cache, compiled, steered generation for one persona_lens model.
@@ -178,8 +125,8 @@ class CompiledSteeredGenerator:
         self.stops = eos_ids(model)
 
         originals = decoder_layers(model)
-        self._state = _GateState(self.max_batch_size, self.device)
-        self._wrappers = {l: _SteeredLayer(originals[l], self._state, self.max_batch_size, self.width,
+        self._state = GateState(self.max_batch_size, self.device)
+        self._wrappers = {l: SteeredLayer(originals[l], self._state, self.max_batch_size, self.width,
                                            self.dtype, self.device) for l in self.layers}
         b, L = self.max_batch_size, self.max_cache_len
         # Step inputs live at fixed addresses and are updated in place (no per-step allocation;
@@ -191,16 +138,16 @@ class CompiledSteeredGenerator:
                   *(w.delta for w in self._wrappers.values())]:
             torch._dynamo.mark_static_address(t)
         self._cache = None
-        self._step = self._decode
+        self._step: Callable[[Tensor, Tensor, Tensor], Tensor] | None = self._decode
         if self.compiled:
-            options = dict(fullgraph=fullgraph, backend=backend, dynamic=False)
+            options: dict[str, Any] = dict(fullgraph=fullgraph, backend=backend, dynamic=False)
             if self.mode is not None:
                 options["mode"] = self.mode
-            self._step = torch.compile(_own_code(self._decode), **options)
+            self._step = torch.compile(own_code(self._decode), **options)
         self._closed = False
 
     # ------------------------------------------------------------------ lifetime
-    def __enter__(self) -> "CompiledSteeredGenerator":
+    def __enter__(self) -> CompiledSteeredGenerator:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -224,8 +171,7 @@ class CompiledSteeredGenerator:
                 w.delta.zero_()
             positions = "all" if steering is None else steering.positions
             n = torch.tensor(list(lengths) + [1] * (self.max_batch_size - batch), dtype=torch.long)
-            lo = n - 1 if positions == "response" else torch.full_like(n, -1)
-            hi = n if positions == "prompt" else torch.full_like(n, _INF)
+            lo, hi = window(positions, n)
             self._state.lo.copy_(lo)
             self._state.hi.copy_(hi)
             if steering is None:
@@ -243,7 +189,7 @@ class CompiledSteeredGenerator:
 
     # ------------------------------------------------------------------ model plumbing
     @contextlib.contextmanager
-    def _installed(self) -> Iterator[nn.Module]:
+    def _installed(self) -> Iterator[Any]:
         """Native mode with every steerable decoder layer replaced by its wrapper; undone on exit."""
         with native(self.model) as hf:
             container = decoder(self.model).layers
@@ -319,7 +265,7 @@ class CompiledSteeredGenerator:
         min_new_tokens: int | None = None,
         repetition_penalty: float | None = None,
     ) -> list[Generation]:
-        """Like :func:`persona_lens.generate.generate_ids` with ``batch_size=max_batch_size``.
+        """Like :func:`persona_lens.generation.generate_ids` with ``batch_size=max_batch_size``.
 
         Prompts are generated in batches of ``max_batch_size`` (one compiled graph serves all);
         a per-row steering is split with them. Greedy when ``temperature == 0``, otherwise
@@ -366,6 +312,8 @@ class CompiledSteeredGenerator:
         batch = len(chunk)
         width = max(len(p) for p in chunk) if chunk else 0
         self._check(batch, width, max_new_tokens, steering)
+        step_fn = self._step
+        assert step_fn is not None  # _check refuses a closed generator
         config = self.hf.generation_config
         if min_new_tokens is None:
             min_new_tokens = int(getattr(config, "min_new_tokens", None) or 0)
@@ -389,15 +337,14 @@ class CompiledSteeredGenerator:
             penalty = RepetitionPenaltyLogitsProcessor(repetition_penalty,
                                                        prompt_ignore_length=(mask != 0).int().argmax(dim=1))
 
-        with torch.inference_mode(), self._installed():
+        rng = seeded_rng(seed, self.device) if sampling and seed is not None else contextlib.nullcontext()
+        with torch.inference_mode(), self._installed(), rng:
             self._load_steering(steering, batch, [len(p) for p in chunk])
             if self._cache is None:
                 self._cache = self._new_cache()
             else:
                 self._cache.reset()
             self._mask.copy_(full_mask)
-            if sampling and seed is not None:
-                torch.manual_seed(seed)
             finished = torch.zeros(self.max_batch_size, dtype=torch.bool, device=self.device)
             finished[batch:] = True
             # prompt (padded) + generated ids: the history a repetition penalty looks at
@@ -412,7 +359,7 @@ class CompiledSteeredGenerator:
                 if step > 0:
                     if self.compiled and self.device.type == "cuda":
                         torch.compiler.cudagraph_mark_step_begin()  # the last step's outputs are consumed
-                    logits = self._step(self._ids, self._pos, self._mask)
+                    logits = step_fn(self._ids, self._pos, self._mask)
                 if penalty is not None:
                     logits = penalty(history[:, :width + step], logits)
                 if step < min_new_tokens and stop_list:
@@ -434,7 +381,7 @@ class CompiledSteeredGenerator:
     def _warpers(temperature: float, top_p: float) -> list:
         from transformers import TemperatureLogitsWarper, TopPLogitsWarper
 
-        warpers = []
+        warpers: list = []
         if temperature != 1.0:
             warpers.append(TemperatureLogitsWarper(temperature))
         if top_p < 1.0:

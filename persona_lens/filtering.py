@@ -22,15 +22,14 @@ A pair with a missing (None) score that is checked is dropped ("missing score (.
 
 from __future__ import annotations
 
+import re
 import statistics
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import Any
 
 from .errors import JudgeError, PersonaLensError
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .judges.base import BaseJudge
-    from .personas.spec import PersonaSpec
+from .judges import Fittable, SpecOrPrompt, TraitScorer, coherence_scores
 
 PAIR_FIELDS = ("pair_index", "question_index", "sample")
 MODES = ("fixed", "adaptive")
@@ -97,6 +96,16 @@ class FilterReport:
             "unpaired": [dict(u) for u in self.unpaired],
             "notes": list(self.notes),
         }
+
+    def reason_counts(self) -> dict[str, int]:
+        """How many dropped pairs each rule removed (a pair can fail several), numbers left out:
+        ``{"neg trait >= cut": 12, "pos coherence < cut": 3, ...}``."""
+        counts: dict[str, int] = {}
+        for d in self.dropped:
+            for reason in d.get("reasons", [d["reason"]]):
+                rule = re.sub(r"-?\d+(\.\d+)?", "#", reason)
+                counts[rule] = counts.get(rule, 0) + 1
+        return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
 
     def summary(self) -> str:
         lines = [f"{self.mode} filter: kept {self.n_kept}/{self.n_pairs} pairs, dropped {self.n_dropped}"]
@@ -236,77 +245,53 @@ def _fmt_opt(x: float | None) -> str:
 
 def judge_rows(
     rows: Sequence[dict],
-    spec: "PersonaSpec | str",
-    judge: "BaseJudge",
+    spec: SpecOrPrompt,
+    judge: TraitScorer,
     coherence: bool = True,
     progress: bool = True,
 ) -> list[dict]:
     """Copies of ``rows`` with ``trait_score`` and ``coherence_score`` filled in by ``judge``.
 
     ``spec`` is the persona spec (its eval prompt is the trait prompt) or an eval-prompt string.
-    With ``coherence=False`` (or a judge that cannot score coherence, like the embedding proxy)
-    ``coherence_score`` is None, and :func:`filter_pairs` then skips the coherence check.
+    With ``coherence=False`` (or a judge that is no :class:`CoherenceScorer`, like the embedding
+    proxy) ``coherence_score`` is None, and :func:`filter_pairs` then skips the coherence check.
 
-    The embedding judge is cross-fitted: questions are split into two halves, and each half is
-    scored by a classifier fitted on the pos vs neg responses of the other half, so no response
-    is scored by a model trained on it.
+    A judge that learns from examples (:class:`Fittable`, the embedding proxy) is cross-fitted:
+    questions are split into two halves, and each half is scored by a model fitted on the pos
+    vs neg responses of the other half, so no response is scored by a model trained on it.
     """
     if judge is None:
         raise JudgeError("judge_rows needs a judge (got None: judge 'none' means no scoring)")
     rows = [dict(r) for r in rows]
     if not rows:
         return rows
-    from .judges.embedding import EmbeddingJudge
-
-    if isinstance(judge, EmbeddingJudge):
-        trait = _cross_fit_embedding(rows, judge)
+    qa = [(str(r.get("question", "")), str(r.get("response") or "")) for r in rows]
+    if isinstance(judge, Fittable):
+        trait = _cross_fit(rows, judge)
     else:
-        qa = [(str(r.get("question", "")), str(r.get("response") or "")) for r in rows]
         trait = judge.score_trait_many(spec, qa, progress=progress)
-    if coherence and getattr(judge, "supports_coherence", True):
-        qa = [(str(r.get("question", "")), str(r.get("response") or "")) for r in rows]
-        coh: list[float | None] = judge.score_coherence_many(qa, progress=progress)
-    else:
-        coh = [None] * len(rows)
+    coh = coherence_scores(judge, qa, progress=progress) if coherence else [None] * len(rows)
     for row, t, c in zip(rows, trait, coh):
         row["trait_score"] = t
         row["coherence_score"] = c
     return rows
 
 
-def _cross_fit_embedding(rows: list[dict], judge: Any) -> list[float | None]:
-    import numpy as np
-
-    from .judges.embedding import embed_texts
-
+def _cross_fit(rows: list[dict], judge: Fittable) -> list[float | None]:
     for r in rows:
         if r.get("polarity") not in ("pos", "neg"):
-            raise FilterInputError(f"row has polarity {r.get('polarity')!r}; the embedding judge needs 'pos'/'neg'")
-    fold_of = None
+            raise FilterInputError(f"row has polarity {r.get('polarity')!r}; a fitted judge needs 'pos'/'neg'")
     for field_name in ("question_index", "pair_index", "sample"):
         values = list(dict.fromkeys(r.get(field_name) for r in rows))  # first-appearance order
         if len(values) >= 2:
             rank = {v: i for i, v in enumerate(values)}
-            fold_of = [rank[r.get(field_name)] % 2 for r in rows]
+            folds = [rank[r.get(field_name)] % 2 for r in rows]
             break
-    if fold_of is None:
+    else:
         raise JudgeError(
             "the embedding judge needs at least two questions (or pairs, or samples) to cross-fit; "
             "it will not score responses with a classifier trained on them"
         )
-    x = embed_texts([str(r.get("response") or "") for r in rows])
-    y = np.array([1 if r["polarity"] == "pos" else 0 for r in rows])
-    folds = np.array(fold_of)
-    scores: list[float | None] = [None] * len(rows)
-    for fold in (0, 1):
-        test = np.where(folds == fold)[0]
-        train = np.where(folds != fold)[0]
-        if len(test) == 0:
-            continue
-        if len(set(y[train].tolist())) < 2:
-            raise JudgeError(f"cross-fitting fold {fold}: the other half has no {'pos' if 1 not in y[train] else 'neg'} responses")
-        model = judge.clone().fit_embeddings(x[train], y[train])
-        for i, s in zip(test, model.score_embeddings(x[test])):
-            scores[int(i)] = s
-    judge.fit_embeddings(x, y)  # leave the caller's judge fitted on everything, for later use
-    return scores
+    texts = [str(r.get("response") or "") for r in rows]
+    labels = [1 if r["polarity"] == "pos" else 0 for r in rows]
+    return judge.cross_fit(texts, labels, folds)

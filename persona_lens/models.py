@@ -17,7 +17,6 @@ Any other string is a Hugging Face name or a local path, loaded with transformer
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import importlib
 import importlib.util
@@ -25,13 +24,14 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
-from .errors import LayerOutOfRangeError, UnknownModelError
+from .errors import ContextLengthError, LayerOutOfRangeError, UnknownModelError
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ def _dequantized_dir(spec: EmbeddedModel) -> Path:
 
     log.info("dequantizing %s once into %s", gguf_path, out)
     tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
+    model: Any = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
     # The dequantized weights are plain float tensors; drop the GGUF "quantization" marker so
     # transformers lets us save them as an ordinary checkpoint.
     model.hf_quantizer = None
@@ -149,6 +149,9 @@ def resolve_model_name(name_or_path: str) -> tuple[str, Path | str, str]:
         if not (path / "config.json").exists():
             raise UnknownModelError(f"{path} exists but holds no config.json: not a transformers model folder")
         return str(path), path, str(path)
+    if path.is_absolute() or name_or_path.startswith((".", "~")) or name_or_path.count("/") > 1:
+        # a hub id is exactly "org/name"; anything else that looks like a path is a missing folder
+        raise UnknownModelError(f"no such model folder: {name_or_path}")
     if "/" not in name_or_path:
         raise UnknownModelError(
             f"unknown model {name_or_path!r}: not an embedded model ({', '.join(EMBEDDED_MODELS)}), "
@@ -171,7 +174,6 @@ def load_model(
     for an embedded model; for hub names ``HF_HUB_OFFLINE`` is respected by transformers.
     ``device_map`` (e.g. ``"auto"`` across GPUs) passes through to ``from_pretrained``.
     """
-    from transformer_lens.model_bridge import TransformerBridge
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     key, source, model_id = resolve_model_name(name_or_path)
@@ -186,20 +188,12 @@ def load_model(
         kwargs = dict(dtype=dtype, **from_pretrained_kwargs)
         if device_map is not None:
             kwargs["device_map"] = device_map
-        hf_model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+        hf_model: Any = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except OSError as exc:
         raise UnknownModelError(f"could not load model {name_or_path!r}: {exc}") from exc
     if device_map is None:
         hf_model.to(device)
-    hf_model.eval()
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    bridge = TransformerBridge.boot_transformers(
-        model_id, hf_model=hf_model, tokenizer=tokenizer, device=None if device_map else device, dtype=dtype
-    )
-    bridge.eval()
-    # Recorded in vector metadata; an nn.Module attribute survives the bridge's lifetime.
-    bridge.persona_lens_model_id = model_id
+    bridge = from_hf(hf_model, tokenizer, model_id)
     bridge.persona_lens_key = key
     return bridge
 
@@ -207,7 +201,7 @@ def load_model(
 # --------------------------------------------------------------------------- accessors
 
 
-def hf_causal_lm(model) -> torch.nn.Module:
+def hf_causal_lm(model) -> Any:  # a transformers PreTrainedModel (typed loosely by transformers)
     """The HF causal LM inside a bridge (or the argument itself if it is already one)."""
     return getattr(model, "original_model", model)
 
@@ -246,8 +240,26 @@ def check_layer(model, layer: int) -> int:
     return layer
 
 
-def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
-    return getattr(module, "_original_component", None) or module
+def context_length(model) -> int | None:
+    """The model's context window in tokens (``max_position_embeddings``), if it declares one."""
+    value = getattr(hf_causal_lm(model).config.get_text_config(), "max_position_embeddings", None)
+    return int(value) if value else None
+
+
+def check_context(model, lengths: Sequence[int], extra: int = 0, what: str = "prompt") -> None:
+    """Refuse (never truncate silently) rows whose ``length + extra`` exceed the context window.
+
+    Checked before any work, so a too-long row fails in seconds instead of after a long run.
+    """
+    limit = context_length(model)
+    if limit is None:
+        return
+    for i, n in enumerate(lengths):
+        if n + extra > limit:
+            raise ContextLengthError(
+                f"{what} {i} has {n} tokens" + (f" + {extra} to generate" if extra else "")
+                + f" = {n + extra}, beyond the model's context window of {limit} tokens: shorten it"
+                + (" or lower --max-new-tokens" if extra else ""))
 
 
 def decoder_layers(model) -> list[torch.nn.Module]:
@@ -257,78 +269,45 @@ def decoder_layers(model) -> list[torch.nn.Module]:
     """
     blocks = getattr(model, "blocks", None)
     if blocks is not None:
-        return [_unwrap(b) for b in blocks]
+        # TransformerLens' public accessor of the wrapped HF layer; inside native() the block
+        # list holds the HF layers themselves.
+        return [getattr(b, "original_component", None) or b for b in blocks]
     hf = hf_causal_lm(model)
     return list(hf.get_decoder().layers)
 
 
-def decoder(model) -> torch.nn.Module:
+def decoder(model) -> Any:
     """The HF base model (embeddings + layers + final norm, no LM head)."""
     return hf_causal_lm(model).get_decoder()
 
 
-# --------------------------------------------------------------------------- native mode
+# --------------------------------------------------------------------------- wrapping
 
 
-def _bridge_swaps(root: torch.nn.Module) -> list[tuple[torch.nn.Module, str, torch.nn.Module, torch.nn.Module]]:
-    """(parent, child name, bridge component, original module), outermost first."""
-    swaps = []
-    stack = [root]
-    while stack:
-        parent = stack.pop()
-        for name, child in list(parent._modules.items()):
-            if child is None:
-                continue
-            original = getattr(child, "_original_component", None)
-            if original is not None and original is not child:
-                swaps.append((parent, name, child, original))
-                stack.append(original)
-            else:
-                stack.append(child)
-    return swaps
+def from_hf(hf_model: Any, tokenizer, model_id: str):
+    """Wrap an HF causal LM and its tokenizer into a persona_lens ``TransformerBridge``.
 
-
-@contextlib.contextmanager
-def native(model, attn_implementation: str | None = "sdpa") -> Iterator[torch.nn.Module]:
-    """Run the HF model without the bridge's wrappers, at plain-transformers speed.
-
-    ``TransformerBridge`` replaces every HF submodule in place with a hooked wrapper and forces
-    eager attention. Inside this context the original modules are put back (and SDPA attention
-    restored) so generation and capture cost what plain HF costs; persona_lens' hooks sit on the
-    original decoder layers, whose outputs are ``blocks.{l}.hook_resid_post`` (tested). Yields the
-    HF causal LM. Re-entrant: a nested call is a no-op.
+    The one place a persona_lens model is made: :func:`load_model` (real checkpoints) and
+    ``persona_lens.testing`` (random weights) both end here. The model keeps its device
+    placement and dtype (a ``device_map`` placement included); it is put in eval mode, and a
+    tokenizer without a pad token pads with EOS. ``model_id`` is recorded in vector metadata.
     """
-    hf = hf_causal_lm(model)
-    if getattr(hf, "_persona_lens_native", False) or hf is model:
-        yield hf
-        return
-    swaps = _bridge_swaps(hf)
-    config = hf.config
-    old_impl = getattr(config, "_attn_implementation", None)
-    try:
-        for parent, name, _bridge, original in swaps:
-            parent._modules[name] = original
-        if attn_implementation and old_impl != attn_implementation:
-            _set_attn(hf, attn_implementation)
-        hf._persona_lens_native = True
-        yield hf
-    finally:
-        hf._persona_lens_native = False
-        for parent, name, bridge, _original in reversed(swaps):
-            parent._modules[name] = bridge
-        if attn_implementation and old_impl and old_impl != attn_implementation:
-            _set_attn(hf, old_impl)
+    from transformer_lens.model_bridge import TransformerBridge
 
-
-def _set_attn(hf: torch.nn.Module, impl: str) -> None:
-    setter = getattr(hf, "set_attn_implementation", None)
-    if setter is not None:
-        try:
-            setter(impl)
-            return
-        except Exception:  # some architectures reject sdpa: keep what works
-            pass
-    for module in hf.modules():
-        cfg = getattr(module, "config", None)
-        if cfg is not None and hasattr(cfg, "_attn_implementation"):
-            cfg._attn_implementation = impl
+    hf_model.eval()
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    # Decoder-only generation appends after the last column: pad prompts on the left for users
+    # calling HF generate (persona_lens' own steering and capture work with either side).
+    tokenizer.padding_side = "left"
+    weight = hf_model.get_input_embeddings().weight
+    dispatched = bool(getattr(hf_model, "hf_device_map", None))
+    bridge = TransformerBridge.boot_transformers(
+        model_id, hf_model=hf_model, tokenizer=tokenizer, device=None if dispatched else weight.device,
+        dtype=weight.dtype,
+    )
+    bridge.eval()
+    # Recorded in vector metadata; an nn.Module attribute survives the bridge's lifetime.
+    bridge.persona_lens_model_id = model_id
+    bridge.persona_lens_key = model_id
+    return bridge

@@ -1,42 +1,36 @@
 """Steering: add ``alpha * v[l]`` to ``blocks.{l}.hook_resid_post`` while the model runs.
 
-The hook sits on the original HF decoder layer ``l`` (whose output *is* ``hook_resid_post``,
-tested against TransformerLens), so it works both for persona_lens' fast native generation and
-for anything run through the bridge. ``positions``:
+The hook sits on the HF decoder layer ``l`` that TransformerLens wraps as ``blocks.{l}`` (its
+public ``original_component``), whose output *is* ``hook_resid_post``: it works for persona_lens'
+native generation, for plain HF ``generate`` on the model, and for everything run through the
+bridge — ``with pl.steer(model, v, 20, 4.0): model.run_with_cache(tokens)`` caches the steered
+``blocks.20.hook_resid_post``. :meth:`Steering.tl_hooks` gives the same add as TransformerLens
+hook functions for ``run_with_hooks`` / ``hooks()``.
 
-* ``"response"`` (Persona Vectors' default): the last prompt token and every generated token;
-* ``"prompt"``: the prompt only (prefill), nothing during decoding;
-* ``"all"``: every position.
-
-Prefill vs decode is told by the KV cache (empty cache = prefill), so it is exact with caching.
-For full-sequence forwards over prompt+response (capture), the caller passes the position mask.
+Which tokens are steered is decided by :mod:`persona_lens.positions` (the one position policy),
+from the attention mask of each forward, read by a pre-hook on the decoder: correct with left or
+right padding, with or without a KV cache, and when continuing from a non-empty cache.
 Vectors may be one per layer (``[d_model]``) or one per batch row (``[batch, d_model]``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Iterator, Literal, Mapping, Sequence
+from typing import Any
 
 import torch
-from jaxtyping import Float
 from torch import Tensor
 
 from .errors import LayerOutOfRangeError, NonFiniteError, VectorShapeError
-from .models import check_layer, d_model, decoder, decoder_layers
+from .hooks import hidden_of, replace_hidden
+from .models import check_layer, d_model, decoder, decoder_layers, resid_post_hook_name
+from .positions import POSITIONS, Positions, PromptTracker, check_positions
 from .vectors import PersonaVector, check_finite
 
-Positions = Literal["all", "prompt", "response"]
-POSITIONS = ("all", "prompt", "response")
-
-
-def _hidden(output):
-    return output[0] if isinstance(output, tuple) else output
-
-
-def _replace_hidden(output, hidden):
-    return (hidden,) + tuple(output[1:]) if isinstance(output, tuple) else hidden
+__all__ = ["Steering", "steer", "Positions", "POSITIONS"]
 
 
 @dataclass
@@ -48,13 +42,11 @@ class Steering:
     description: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.positions not in POSITIONS:
-            raise ValueError(f"positions must be one of {POSITIONS}, got {self.positions!r}")
+        self.positions = check_positions(self.positions)
         for layer, delta in self.deltas.items():
             check_finite(delta, f"steering delta at layer {layer}")
             if delta.ndim not in (1, 2):
                 raise VectorShapeError(f"steering delta at layer {layer} must be [d] or [batch, d], got {tuple(delta.shape)}")
-        self._position_mask: Tensor | None = None
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -64,7 +56,7 @@ class Steering:
         layers: int | Sequence[int],
         alpha: float | Sequence[float] | Tensor = 1.0,
         positions: Positions = "response",
-    ) -> "Steering":
+    ) -> Steering:
         """``alpha`` is a scalar, or one value per batch row (per-row steering strength)."""
         layers = [layers] if isinstance(layers, int) else list(layers)
         alpha_t = torch.as_tensor(alpha, dtype=torch.float32)
@@ -85,7 +77,7 @@ class Steering:
                         f"layer {layer} is out of range for a vector tensor of shape {tuple(t.shape)}")
             v = v.to(torch.float32)
             deltas[layer] = alpha_t[:, None] * v if alpha_t.ndim == 1 else alpha_t * v
-        md = {"layers": layers, "alpha": alpha_t.tolist(), "positions": positions}
+        md: dict[str, Any] = {"layers": layers, "alpha": alpha_t.tolist(), "positions": positions}
         if isinstance(vector, PersonaVector):
             md["persona"] = vector.name
         return cls(deltas, positions, md)
@@ -97,10 +89,15 @@ class Steering:
         layer: int,
         alphas: float | Sequence[float] = 1.0,
         positions: Positions = "response",
-    ) -> "Steering":
+    ) -> Steering:
         """One vector per batch row (``None`` = unsteered row), in one batched add."""
         if isinstance(alphas, (int, float)):
             alphas = [float(alphas)] * len(vectors)
+        alphas = [float(a) for a in alphas]
+        if len(alphas) != len(vectors):
+            raise VectorShapeError(f"per_row got {len(vectors)} vectors but {len(alphas)} alphas: give one alpha per row")
+        if not all(torch.isfinite(torch.tensor(alphas))):
+            raise NonFiniteError(f"alphas must be finite, got {alphas}")
         widths = {v.d_model for v in vectors if v is not None}
         if len(widths) > 1:
             raise VectorShapeError(f"per-row vectors have different widths {sorted(widths)}")
@@ -112,7 +109,7 @@ class Steering:
                    {"layers": [layer], "alpha": list(alphas), "positions": positions,
                     "persona": [None if v is None else v.name for v in vectors]})
 
-    def combine(self, other: "Steering") -> "Steering":
+    def combine(self, other: Steering) -> Steering:
         """Several vectors at once: deltas at the same layer add."""
         if other.positions != self.positions:
             raise ValueError("cannot combine steerings with different positions")
@@ -130,7 +127,7 @@ class Steering:
         sizes = {d.shape[0] for d in self.deltas.values() if d.ndim == 2}
         return sizes.pop() if sizes else None
 
-    def select(self, rows: Sequence[int] | slice) -> "Steering":
+    def select(self, rows: Sequence[int] | slice) -> Steering:
         """The rows of a per-row steering that fall into one generation batch."""
         if self.batch_size is None:
             return self
@@ -148,66 +145,114 @@ class Steering:
                     f"steering vector width {delta.shape[-1]} does not match the model's d_model {width}")
 
     @contextlib.contextmanager
-    def position_mask(self, mask: Tensor | None) -> Iterator[None]:
-        """For full-sequence forwards (no KV cache): the ``[batch, pos]`` positions to steer."""
-        old, self._position_mask = self._position_mask, mask
-        try:
-            yield
-        finally:
-            self._position_mask = old
+    def apply(self, model, *, prompt_lengths: Sequence[int] | Tensor | None = None) -> Iterator[Steering]:
+        """Steer every forward of ``model`` inside the block; the hooks are removed on exit.
 
-    @contextlib.contextmanager
-    def apply(self, model) -> Iterator["Steering"]:
+        ``prompt_lengths`` (real prompt tokens per row): for forwards over prompt + response
+        whose split is known (capture); without them each forward's prompt is inferred
+        (:class:`persona_lens.positions.PromptTracker`).
+        """
         self.validate(model)
-        layers = decoder_layers(model)
-        state = {"prefill": True}
-        handles = []
+        if self.is_noop:  # alpha = 0: no hook at all, so the output is exactly unsteered
+            yield self
+            return
+        tracker = PromptTracker(self.positions, prompt_lengths)
+        state: dict = {}
 
         def pre_hook(_module, args, kwargs):
-            cache = kwargs.get("past_key_values")
-            seen = cache.get_seq_length() if cache is not None and hasattr(cache, "get_seq_length") else 0
-            state["prefill"] = int(seen) == 0
+            input_ids = kwargs.get("input_ids", args[0] if args else None)
+            ref = input_ids if input_ids is not None else kwargs["inputs_embeds"]
+            state["mask"] = tracker.mask(
+                ref.shape[1], attention_mask=kwargs.get("attention_mask"), input_ids=input_ids,
+                position_ids=kwargs.get("position_ids"), cache_position=kwargs.get("cache_position"),
+                batch=ref.shape[0])
+            state["by_device"] = {}
 
-        handles.append(decoder(model).register_forward_pre_hook(pre_hook, with_kwargs=True))
-        if not self.is_noop:  # alpha = 0: no hook at all, so output is exactly unsteered
-            for layer, delta in self.deltas.items():
-                # prepend: other hooks on this layer (capture) see the steered residual stream.
-                handles.append(layers[layer].register_forward_hook(self._make_hook(delta, state), prepend=True))
+        layers = decoder_layers(model)
+        handles = [decoder(model).register_forward_pre_hook(pre_hook, with_kwargs=True)]
+        # prepend: other hooks on the layer (capture, TransformerLens' hook_out) see the steered stream.
+        handles += [layers[layer].register_forward_hook(self._layer_hook(layer, delta, state), prepend=True)
+                    for layer, delta in self.deltas.items()]
         try:
             yield self
         finally:
             for h in handles:
                 h.remove()
 
-    def _make_hook(self, delta: Tensor, state: dict):
-        cached: dict = {}
+    def _layer_hook(self, layer: int, delta: Tensor, state: dict):
+        checked = {"done": False}
 
         def hook(_module, _args, output):
-            hidden = _hidden(output)
-            key = (hidden.device, hidden.dtype)
-            if key not in cached:
-                cached[key] = delta.to(device=hidden.device, dtype=hidden.dtype)
-            d = cached[key]
-            if d.ndim == 2:
-                if d.shape[0] != hidden.shape[0]:
-                    raise VectorShapeError(
-                        f"per-row steering has {d.shape[0]} rows but the batch has {hidden.shape[0]}")
-                d = d[:, None, :]
-            mask = self._position_mask
-            if mask is not None:
-                m = mask.to(hidden.device)[:, :, None].to(hidden.dtype)
-                return _replace_hidden(output, hidden + m * d)
-            if state["prefill"]:
-                if self.positions == "response":
-                    hidden = hidden.clone()
-                    hidden[:, -1:, :] += d if d.ndim == 3 else d[None, None, :]
-                    return _replace_hidden(output, hidden)
-                return _replace_hidden(output, hidden + d)
-            if self.positions == "prompt":
-                return output
-            return _replace_hidden(output, hidden + d)
+            hidden = hidden_of(output)
+            if not checked["done"]:  # once per block: one norm, on the first forward
+                checked["done"] = True
+                _warn_if_too_strong(layer, delta, hidden, state["mask"])
+            masks = state["by_device"]
+            if hidden.device not in masks:  # layers may live on several devices (device_map="auto")
+                masks[hidden.device] = state["mask"].to(hidden.device)
+            mask = masks[hidden.device]
+            if mask.shape != hidden.shape[:2]:
+                raise RuntimeError(f"steering mask {tuple(mask.shape)} does not match the hidden states "
+                                   f"{tuple(hidden.shape[:2])}: the decoder was called in an unexpected way")
+            return replace_hidden(output, hidden + self._masked_delta(delta, mask, hidden))
 
         return hook
+
+    @staticmethod
+    def _masked_delta(delta: Tensor, mask: Tensor, hidden: Tensor) -> Tensor:
+        d = delta.to(device=hidden.device, dtype=hidden.dtype)
+        if d.ndim == 2:
+            if d.shape[0] != hidden.shape[0]:
+                raise VectorShapeError(f"per-row steering has {d.shape[0]} rows but the batch has {hidden.shape[0]}")
+            d = d[:, None, :]
+        return mask[:, :, None].to(hidden.dtype) * d
+
+    def tl_hooks(self, attention_mask: Tensor | None = None,
+                 prompt_lengths: Sequence[int] | Tensor | None = None) -> list[tuple[str, Callable]]:
+        """``(hook name, hook fn)`` pairs for TransformerLens' ``run_with_hooks(fwd_hooks=...)`` /
+        ``hooks(fwd_hooks=...)``: the same add at ``blocks.{l}.hook_resid_post``, for one forward.
+
+        Positions follow the one policy; the forward is read as a prompt (``response``: its last
+        real token) unless ``prompt_lengths`` says where each row's prompt ends.
+        """
+        tracker = PromptTracker(self.positions, prompt_lengths)
+        memo: dict = {}
+
+        def mask_for(hidden: Tensor) -> Tensor:
+            if "mask" not in memo:
+                am = attention_mask if attention_mask is not None else torch.ones(hidden.shape[:2], dtype=torch.long)
+                memo["mask"] = tracker.mask(hidden.shape[1], attention_mask=am, batch=hidden.shape[0])
+            return memo["mask"].to(hidden.device)
+
+        def make(delta: Tensor):
+            def fn(resid: Tensor, hook=None) -> Tensor:
+                return resid + self._masked_delta(delta, mask_for(resid), resid)
+
+            return fn
+
+        return [(resid_post_hook_name(layer), make(delta)) for layer, delta in sorted(self.deltas.items())]
+
+
+# Beyond this, the added vector outweighs the residual stream it is added to: far past the
+# coherent range a layer sweep explores (its default grid, DEFAULT_ALPHAS, tops out at alpha*||v||/||h|| = 0.5).
+STRENGTH_WARN_RATIO = 1.0
+
+
+def _warn_if_too_strong(layer: int, delta: Tensor, hidden: Tensor, mask: Tensor) -> None:
+    real = mask.to(hidden.device)
+    if not bool(real.any()):
+        return
+    resid = hidden.detach().float().norm(dim=-1)[real].mean()
+    ratio = float(delta.float().norm(dim=-1).max()) / max(float(resid), 1e-12)
+    if ratio > STRENGTH_WARN_RATIO:
+        warnings.warn(
+            f"steering at layer {layer}: alpha*||v||/||h|| = {ratio:.3g} (the added vector is {ratio:.3g}x the "
+            f"residual stream's norm); expect incoherent text. A layer sweep (persona-lens sweep) finds the "
+            f"coherent range, typically well below {STRENGTH_WARN_RATIO}.", SteeringStrengthWarning, stacklevel=2)
+
+
+class SteeringStrengthWarning(UserWarning):
+    """The steering delta is larger than the residual stream it is added to."""
 
 
 def steer(

@@ -1,9 +1,40 @@
-import os
+"""Shared fixtures, and the two test tiers.
+
+Fast tier, ``pytest -m "not slow"``: no real model; engine behaviour is checked on tiny
+random-weight models (``tiny_model``, ``tiny_gemma``: :mod:`persona_lens.testing`). Slow tier,
+``pytest -m slow``: everything that loads SmolLM2 or Gemma-3-270M. A test that uses a real-model
+fixture (``REAL_MODEL_FIXTURES``) is marked ``slow`` here; one that loads a model itself
+(``load_model``, the CLI in a subprocess) carries ``@pytest.mark.slow`` in its module.
+Plain ``pytest`` runs both.
+"""
+
 from pathlib import Path
 
 import pytest
 
+from persona_lens import testing
+
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
+REAL_MODEL_FIXTURES = frozenset({"default_model", "gemma_model", "humorous_extraction"})
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if REAL_MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    """Random-weight Llama (3 layers, d_model 64) with a ChatML template, like SmolLM2."""
+    return testing.tiny_model("llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma():
+    """Random-weight Gemma 3 (3 layers, sliding + full attention) without a chat template, like
+    Gemma-3-270M."""
+    return testing.tiny_model("gemma3", chat_template=False)
 
 
 @pytest.fixture(scope="session")
@@ -40,7 +71,7 @@ def humorous_extraction(default_model, tmp_path_factory):
     """``(vector, rows, spec)``: the session humorous PersonaVector, its contrastive rows, the full spec."""
     import dataclasses
 
-    from persona_lens.extract import extract
+    from persona_lens.extraction import extract
     from persona_lens.io import read_jsonl
     from persona_lens.personas import load_persona
 

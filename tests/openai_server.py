@@ -12,7 +12,8 @@ the connection without answering), a ``dict`` (a 200 JSON body), a ``str`` (a co
 that content) or ``bytes`` (a raw 200 body). Helpers build the usual ones: :func:`completion`,
 :func:`logprob_reply`, :func:`error_reply`, :func:`malformed_reply`.
 
-Every request is recorded (``server.requests``: method, path, headers, raw body, parsed JSON),
+Every request is recorded (``server.requests``: method, path, headers (case-insensitive ``get``),
+raw body, parsed JSON),
 and ``server.max_in_flight`` is the most requests that were being handled at once.
 
 Use it as a context manager or through the ``openai_server`` pytest fixture::
@@ -26,13 +27,15 @@ Use it as a context manager or through the ``openai_server`` pytest fixture::
 
 from __future__ import annotations
 
+import email.message
 import json
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, Iterable, Mapping, Union
+from typing import Any, Union
 
 import pytest
 
@@ -136,7 +139,7 @@ def _as_reply(value: ReplyLike) -> Reply:
 class RecordedRequest:
     method: str
     path: str
-    headers: dict[str, str]
+    headers: email.message.Message  # HTTP header names are case-insensitive: .get("Authorization")
     body: bytes
     json: Any = None
 
@@ -173,7 +176,7 @@ class OpenAITestServer:
         self._thread: threading.Thread | None = None
 
     # -- scripting
-    def push(self, *replies: ReplyLike) -> "OpenAITestServer":
+    def push(self, *replies: ReplyLike) -> OpenAITestServer:
         with self._lock:
             self._queue.extend(replies)
         return self
@@ -206,7 +209,7 @@ class OpenAITestServer:
     def base_url(self) -> str:
         return f"{self.url}/v1"
 
-    def start(self) -> "OpenAITestServer":
+    def start(self) -> OpenAITestServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -223,7 +226,7 @@ class OpenAITestServer:
                     parsed = json.loads(raw.decode("utf-8")) if raw else None
                 except (UnicodeDecodeError, json.JSONDecodeError):
                     parsed = None
-                request = RecordedRequest("POST", self.path, dict(self.headers.items()), raw, parsed)
+                request = RecordedRequest("POST", self.path, self.headers, raw, parsed)
                 with server._lock:
                     server.requests.append(request)
                     server._in_flight += 1
@@ -280,7 +283,7 @@ class OpenAITestServer:
             self._thread.join(timeout=5)
             self._thread = None
 
-    def __enter__(self) -> "OpenAITestServer":
+    def __enter__(self) -> OpenAITestServer:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:

@@ -35,6 +35,23 @@ def test_mean_is_plain_average_of_raw_vectors():
     assert md["model_id"] == "m"
 
 
+def test_edge_rows_blend_like_layers_and_are_dropped_when_any_input_lacks_them():
+    def with_edges(v, e, f):
+        return PersonaVector(v.vectors, dict(v.metadata), torch.tensor(e), torch.tensor(f))
+
+    a = with_edges(A, [1.0, 0.0, 0.0], [0.0, 0.0, 3.0])
+    b = with_edges(B, [0.0, 1.0, 0.0], [0.0, 0.0, 0.0])
+    out = blend([a, b], "weighted", [2.0, -1.0])
+    assert torch.allclose(out.embed_diff, torch.tensor([2.0, -1.0, 0.0]))
+    assert torch.allclose(out.final_norm_diff, torch.tensor([0.0, 0.0, 6.0]))
+    assert torch.allclose(out.vectors, 2 * A.vectors - B.vectors)
+    # orthogonal: the edge rows are Gram-Schmidt'ed per row like any layer ((1,0,0) then (0,1,0))
+    ortho = blend([a, b], "orthogonal")
+    assert torch.allclose(ortho.embed_diff, torch.tensor([0.5, 0.5, 0.0]))
+    mixed = blend([a, B])
+    assert mixed.embed_diff is None and mixed.final_norm_diff is None
+
+
 def test_duplicate_components_count_twice():
     # BILLY's main config repeats futurist: (a + b + c + c) / 4
     out = blend([A, B, C, C])
@@ -118,7 +135,7 @@ def test_cli_blend_roundtrip(tmp_path, capsys):
     assert m.metadata["component_files"][3] == paths[2]
 
     out2 = tmp_path / "w.safetensors"
-    assert main(["blend", paths[0], paths[1], "--weights", "2", "-0.5", "--out", str(out2), "--name", "ab"]) == 0
+    assert main(["blend", paths[0], paths[1], "--weights", "2,-0.5", "--out", str(out2), "--name", "ab"]) == 0
     w = PersonaVector.load(out2)
     assert w.metadata["blend_method"] == "weighted" and w.name == "ab"
     assert torch.allclose(w.vectors, torch.tensor([[6.0, 8.0, -1.0], [1.5, -0.5, 0.0]]))

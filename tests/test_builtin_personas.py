@@ -7,8 +7,8 @@ import difflib
 import json
 import re
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 

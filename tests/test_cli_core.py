@@ -71,7 +71,7 @@ def extracted(tmp_path_factory):
 def test_extract_writes_vector_and_responses(extracted):
     code, folder, out = extracted
     assert code == 0
-    assert sorted(p.name for p in folder.iterdir()) == [
+    assert sorted(p.name for p in folder.iterdir() if p.suffix != ".lock") == [  # the resume store's hidden .lock
         "humorous.json", "humorous.report.json", "humorous.responses.jsonl", "humorous.safetensors"]
     v = PersonaVector.load(out)
     assert v.n_layers == 30 and v.d_model == 576 and v.name == "humorous"
@@ -97,7 +97,7 @@ def test_steer_prints_one_json_line_per_prompt(extracted, capsys, default_model)
     assert [r["prompt"] for r in records] == prompts
     assert all(isinstance(r["completion"], str) and r["completion"] for r in records)
     # the CLI is the library: same greedy output as generate() with the same steering
-    from persona_lens.generate import generate
+    from persona_lens.generation import generate
     from persona_lens.steering import Steering
 
     expected = generate(default_model, prompts, max_new_tokens=16, progress=False,
@@ -123,8 +123,8 @@ def test_steer_bad_vector_files(tmp_path, capsys):
     save_file({"vectors": nan}, str(tmp_path / "nan.safetensors"))
     assert main(["steer", "--vector", str(tmp_path / "nan.safetensors"), "--layer", "1", "--alpha", "1", "x"]) == 1
     assert "NonFiniteError" in capsys.readouterr().err
-    assert main(["steer", "--vector", str(tmp_path / "missing.safetensors"), "--layer", "1", "--alpha", "1", "x"]) == 1
-    assert "VectorFileError" in capsys.readouterr().err
+    assert main(["steer", "--vector", str(tmp_path / "missing.safetensors"), "--layer", "1", "--alpha", "1", "x"]) == 2
+    assert "missing.safetensors' does not exist" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -160,3 +160,19 @@ def test_extract_unknown_persona(tmp_path, capsys):
     assert main(["extract", "no_such_persona", "--out", str(tmp_path / "v.safetensors")]) == 1
     assert "PersonaSpecError" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_generate_is_the_unsteered_baseline(extracted, capsys, default_model):
+    """`generate` needs no vector and prints what `steer --alpha 0` and the library print."""
+    _, _, out = extracted
+    prompts = ["Tell me about the moon."]
+    capsys.readouterr()
+    assert main(["generate", "--max-new-tokens", "12", *prompts]) == 0
+    baseline = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert main(["steer", "--vector", str(out), "--layer", "10", "--alpha", "0", "--max-new-tokens", "12", *prompts]) == 0
+    steered0 = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    from persona_lens.generation import generate
+
+    expected = generate(default_model, prompts, max_new_tokens=12, progress=False)
+    assert [r["completion"] for r in baseline] == [r["completion"] for r in steered0] == expected

@@ -8,8 +8,8 @@ import math
 import threading
 
 import pytest
-
 from openai_server import OpenAITestServer, completion  # noqa: F401
+
 from persona_lens.evals.creativity.judging import (
     RUBRICS,
     CreativityJudge,
@@ -121,7 +121,8 @@ def test_per_idea_mode_sends_one_request_per_idea():
 
 def test_harness_judging_resumes_and_aggregates(tmp_path):
     """Harness scoring with the test-server judge: table = mean/std over items; a rerun asks nothing."""
-    from persona_lens.evals.creativity.harness import CreativityConfig, CreativityHarness
+    from persona_lens.evals.creativity import CreativityConfig, CreativityHarness
+    from persona_lens.evals.creativity.result import markdown_report, score_table
 
     rows = []
     for item, (question, ideas) in enumerate([(QUESTION_A, LIST_A), (QUESTION_B, LIST_B)]):
@@ -130,24 +131,23 @@ def test_harness_judging_resumes_and_aggregates(tmp_path):
                      "gen_tokens": 40, "method_info": {}})
     with OpenAITestServer(_scripted_responder()) as server:
         judge = OpenAIJudge("gpt-4o-mini", base_url=server.base_url, cache_dir=None)
-        cfg = CreativityConfig(out=str(tmp_path), tasks=["aut"], methods=["sa"], n=2, judge="openai:gpt-4o-mini",
-                               judge_samples=3, figures=False, progress=False)
-        h = CreativityHarness(cfg, model=object(), judge=judge)
+        cfg = CreativityConfig(tasks=["aut"], methods=["sa"], n=2, judge="openai:gpt-4o-mini", judge_samples=3)
+        h = CreativityHarness(object(), cfg, out=tmp_path, judge=judge, progress=False)
         scores = h.score(rows)
         first = server.request_count
         assert first == 18
-        table = h.tables(scores)
-        scores2 = CreativityHarness(cfg, model=object(), judge=judge).score(rows)
+        table, metrics, ratios = score_table(scores)
+        scores2 = CreativityHarness(object(), cfg, out=tmp_path, judge=judge, progress=False).score(rows)
         assert server.request_count == first  # every reply came from judgments.jsonl
     assert [s["originality"] for s in scores2] == pytest.approx([ORIG_A, ORIG_B])
-    cell = {(r["task"], r["metric"]): r for r in table["rows"] if r["method"] == "sa"}
+    cell = {(r["task"], r["metric"]): r for r in table if r["method"] == "sa"}
     mean = (ORIG_A + ORIG_B) / 2
     std = math.sqrt(((ORIG_A - mean) ** 2 + (ORIG_B - mean) ** 2) / 1)  # sample std, n = 2
     assert cell[("aut", "originality")]["mean"] == pytest.approx(mean)
     assert cell[("aut", "originality")]["std"] == pytest.approx(std)
     assert cell[("aut", "elaboration")]["mean"] == pytest.approx((ELAB_A + ELAB_B) / 2)
     assert cell[("aut", "wall_s")]["mean"] == pytest.approx(1.5)
-    md = (tmp_path / "results.md").read_text()
+    md = markdown_report(table, ["sa"], ["aut"], metrics, ratios, h.judge_info, None)
     assert f"{mean:.2f} ± {std:.2f}" in md
     lines = [json.loads(l) for l in (tmp_path / "judgments.jsonl").read_text().splitlines()]
     assert len(lines) == 18 and {l["criterion"] for l in lines} == {"originality", "elaboration", "categories"}

@@ -9,13 +9,9 @@ import numpy as np
 import pytest
 
 from persona_lens.evals.creativity import metrics as M
-from persona_lens.evals.creativity.harness import efficiency_ratios, parse_ablation, read_sweep
-from persona_lens.evals.creativity.methods import (
-    BILLY_PERSONAS,
-    DEFAULT_MERGE,
-    Discussion,
-    multi_role_system_prompt,
-)
+from persona_lens.evals.creativity.config import parse_ablation, read_sweep
+from persona_lens.evals.creativity.methods import Discussion
+from persona_lens.evals.creativity.result import efficiency_ratios
 from persona_lens.evals.creativity.tasks import (
     LIST_INSTRUCTION,
     TASKS,
@@ -23,6 +19,7 @@ from persona_lens.evals.creativity.tasks import (
     load_tasks,
     parse_task_data,
 )
+from persona_lens.personas.billy import BILLY_PERSONAS, PAPER_MERGE, multi_role_system_prompt
 
 # ----------------------------------------------------------------------------- tasks
 
@@ -174,17 +171,17 @@ def test_parse_ablation_and_sweep(tmp_path):
     assert parse_ablation("1,3,5") == [1, 3, 5]
     assert parse_ablation("3") == [1, 2, 3]
     assert parse_ablation(None) is None
-    (tmp_path / "sweep.json").write_text(json.dumps({"recommendation": {"layer": 12, "alpha": 3.5}}))
-    assert read_sweep(tmp_path) == (12, 3.5)
-    assert read_sweep(tmp_path / "sweep.json") == (12, 3.5)
+    (tmp_path / "result.json").write_text(json.dumps({"recommendation": {"layer": 12, "alpha": 3.5}}))
+    assert read_sweep(tmp_path) == (12, 3.5)  # a sweep's result folder
+    assert read_sweep(tmp_path / "result.json") == (12, 3.5)
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(ValueError):
         read_sweep(tmp_path / "bad.json")
 
 
 def test_method_prompts():
-    assert len(BILLY_PERSONAS) == 7 and DEFAULT_MERGE == ("creative_professional", "environmentalist", "futurist",
-                                                          "futurist")
+    assert len(BILLY_PERSONAS) == 7 and PAPER_MERGE == ("creative_professional", "environmentalist", "futurist",
+                                                        "futurist")
     mrp = multi_role_system_prompt(["environmentalist", "creative_professional", "futurist", "futurist"])
     assert "environmentalist" in mrp and "creative professional" in mrp and mrp.count("futurist") == 1
     d = Discussion(rounds=3)

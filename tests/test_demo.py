@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from persona_lens.demo import StageRunner, answer_metrics, run_demo
+
 STAGES = ["extract_creative_professional", "extract_environmentalist", "extract_futurist", "extract_humorous",
           "blend", "sweep", "billy", "monitor", "screen", "report"]
 
@@ -18,8 +20,6 @@ _RUN: dict = {}
 def quick_demo_run(tmp_path_factory, model) -> dict:
     """Run ``persona-lens demo --quick`` once per session (in process, reusing the session model)."""
     if not _RUN:
-        from persona_lens.demo import run_demo
-
         out = tmp_path_factory.mktemp("quick_demo")
         t = time.perf_counter()
         summary = run_demo(out, quick=True, model=model, progress=False)
@@ -53,8 +53,8 @@ def test_quick_demo_outputs(quick_demo):
         "creative_professional", "environmentalist", "futurist"}
     # every stage wrote its outputs under out/
     for rel in ("vectors/creative_professional.safetensors", "vectors/billy_merged.safetensors",
-                "responses/futurist.jsonl", "sweep/sweep.json", "sweep/sweep_layers.csv", "sweep/sweep_effect.html",
-                "billy/projection.json", "billy/answers.json", "monitor/monitor.json", "screen/screened.jsonl",
+                "responses/futurist.jsonl", "sweep/result.json", "sweep/sweep_layers.csv", "sweep/sweep_effect.html",
+                "billy/result.json", "billy/answers.json", "monitor/monitor.json", "screen/screened.jsonl",
                 "figures/projection_response_mean.html", "figures/projection_response_mean.csv", "demo.log"):
         assert (out / rel).exists(), rel
     assert all((out / "stages" / f"{s}.json").exists() for s in STAGES)
@@ -85,15 +85,16 @@ def test_quick_demo_rerun_uses_cache(quick_demo):
 
 @pytest.mark.slow
 def test_changed_config_reruns_dependent_stages(quick_demo, tmp_path):
-    """A stage is skipped only when its parameter hash matches its record; changed parameters rerun it."""
-    from persona_lens.demo import StageRunner
-
+    """A stage is skipped only when its hash (parameters + input file contents) matches its record;
+    changed parameters rerun it."""
     out = quick_demo["out"]
     rec = json.loads((out / "stages" / "monitor.json").read_text())
     runner = StageRunner(out, total=1, log=lambda m: None)
     calls = []
-    again = runner.run("monitor", rec["params"], lambda: calls.append(1) or {}, outputs=lambda r: r["files"])
+    again = runner.run("monitor", rec["params"], lambda: calls.append(1) or {}, inputs=list(rec["inputs"]),
+                       outputs=lambda r: r["files"])
     assert calls == [] and again == rec["result"]
+    assert "sweep/heldout.scored.jsonl" in rec["inputs"] and "vectors/creative_professional.safetensors" in rec["inputs"]
     changed = dict(rec["params"], judge="none")
     runner2 = StageRunner(tmp_path, total=1, log=lambda m: None)
     runner2.run("monitor", changed, lambda: calls.append(1) or {"files": []}, outputs=lambda r: r["files"])
@@ -101,8 +102,6 @@ def test_changed_config_reruns_dependent_stages(quick_demo, tmp_path):
 
 
 def test_answer_metrics():
-    from persona_lens.demo import answer_metrics
-
     m = answer_metrics("Ideas:\n1. Doorstop\n2. Bookend\n- Garden marker\n2. Bookend")
     assert m["ideas"] == 3  # distinct list items
     loop = answer_metrics("A brick is tangible. A brick is tangible. A brick is tangible.")

@@ -1,6 +1,6 @@
 """The opt-in static-cache + torch.compile steered generation path (persona_lens.fast).
 
-References are independent of the fast path: ``persona_lens.generate.generate_ids`` (plain HF
+References are independent of the fast path: ``persona_lens.generation.generate_ids`` (plain HF
 ``generate``, dynamic cache) unsteered, and with the hook-based ``Steering`` for steered runs.
 Each check runs with the decode step eager (``compile=False``: the same static-cache loop and
 in-graph steering, no compiler) and compiled (``torch.compile``, inductor on CPU). One compiled
@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_steering import PROMPTS, V1, V2  # the same prompts and unit directions as the hook-path tests
 
 from persona_lens.errors import LayerOutOfRangeError, VectorShapeError
 from persona_lens.fast import CompiledSteeredGenerator, FastPathLimitError
-from persona_lens.generate import generate_ids
-from persona_lens.models import decoder, decoder_layers, native
+from persona_lens.generation import generate_ids
+from persona_lens.models import decoder, decoder_layers
+from persona_lens.native import native
 from persona_lens.steering import Steering
-from test_steering import PROMPTS, V1, V2  # the same prompts and unit directions as the hook-path tests
 
 pytestmark = pytest.mark.slow
 

@@ -177,7 +177,7 @@ def test_judge_rows_with_openai_judge(openai_server, tmp_path):
     rows[0]["response"], rows[1]["response"] = "haha, a joke", "A plain answer."
     rows[2]["response"], rows[3]["response"] = "haha garbled", "Also plain."
     original = copy.deepcopy(rows)
-    judge = OpenAIJudge("m", base_url=openai_server.base_url, cache_dir=tmp_path, retry_base_delay=0.001)
+    judge = OpenAIJudge("m", base_url=openai_server.base_url, cache_dir=tmp_path)
     judged = judge_rows(rows, SPEC, judge, progress=False)
     assert rows == original  # inputs untouched
     assert [r["trait_score"] for r in judged] == [90.0, 10.0, 90.0, 10.0]

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from persona_lens.cli import main
-from persona_lens.errors import LayerOutOfRangeError, VectorFileError
+from persona_lens.errors import LayerOutOfRangeError, MissingLayerError, VectorFileError
+from persona_lens.interop import load_vector
 from persona_lens.interop.gguf import export_gguf, load_gguf_control_vector
 from persona_lens.vectors import PersonaVector
 
@@ -111,12 +112,30 @@ def test_round_trip(tmp_path, vector):
     assert back.n_layers == N_LAYERS and back.d_model == D
     torch.testing.assert_close(back.vectors, vector.vectors, rtol=0, atol=0)
     assert back.name == "evil" and back.model_id == vector.model_id and back.metadata["gguf_alpha"] == 1.0
-    # PersonaVector.load dispatches on the suffix.
-    torch.testing.assert_close(PersonaVector.load(path).vectors, vector.vectors)
+    # load_vector dispatches on the suffix; PersonaVector.load (safetensors, .pt) points to it.
+    torch.testing.assert_close(load_vector(path).vectors, vector.vectors)
+    with pytest.raises(VectorFileError, match="load_vector"):
+        PersonaVector.load(path)
     # alpha is baked in: the file holds alpha * v.
     scaled = load_gguf_control_vector(export_gguf(vector, tmp_path / "x2.gguf", alpha=-2.0, layers=[4]))
     torch.testing.assert_close(scaled.vectors[4], -2.0 * vector.vectors[4])
     assert scaled.vectors[[0, 1, 2, 3, 5]].abs().sum() == 0
+
+
+def test_missing_layer_is_never_exported(tmp_path, vector):
+    """A vector imported from a Persona Vectors .pt lacks its last pre-norm layer: GGUF export
+    leaves it out by default and refuses it by name."""
+    vector.vectors[0] = 0
+    pt = PersonaVector(vector.vectors, vector.metadata, embed_diff=torch.zeros(D),
+                       final_norm_diff=torch.ones(D)).to_pt(tmp_path / "evil.pt")
+    imported = PersonaVector.from_pt(pt)
+    path = export_gguf(imported, tmp_path / "evil.gguf")
+    assert [t.name for t in gguf.GGUFReader(str(path)).tensors] == [f"direction.{l}" for l in range(1, N_LAYERS - 1)]
+    back = load_gguf_control_vector(path)
+    assert back.missing_layers == [N_LAYERS - 1]
+    torch.testing.assert_close(back.vectors[: N_LAYERS - 1], vector.vectors[: N_LAYERS - 1], rtol=0, atol=0)
+    with pytest.raises(MissingLayerError):
+        export_gguf(imported, tmp_path / "last.gguf", layers=[N_LAYERS - 1])
 
 
 def test_foreign_file_repeng_style(tmp_path):
@@ -172,10 +191,22 @@ def test_cli_export_import(tmp_path, vector, capsys):
     assert v.n_layers == N_LAYERS
 
     pt = tmp_path / "evil.pt"
+    # no embedding / final-norm rows in this vector: the .pt export refuses to make them up
+    assert main(["export", str(src), "--format", "pt", "--out", str(pt)]) == 1
+    assert not pt.exists()
+    assert main(["export", str(src), "--format", "pt", "--out", str(pt), "--missing-rows", "zeros"]) == 0
+    zeros = torch.load(pt)
+    assert not zeros[0].any() and not zeros[N_LAYERS].any()
+    torch.testing.assert_close(zeros[1:N_LAYERS], vector.vectors[:N_LAYERS - 1])
+    pt.unlink()
+    edged = PersonaVector(vector.vectors, vector.metadata, embed_diff=torch.ones(D), final_norm_diff=-torch.ones(D))
+    src = edged.save(tmp_path / "edged.safetensors")
     assert main(["export", str(src), "--format", "pt", "--out", str(pt)]) == 0
     assert torch.load(pt).shape == (N_LAYERS + 1, D)
     assert main(["import", str(pt), "--out", str(tmp_path / "pt.safetensors")]) == 0
-    torch.testing.assert_close(PersonaVector.load(tmp_path / "pt.safetensors").vectors, vector.vectors)
+    imported = PersonaVector.load(tmp_path / "pt.safetensors")
+    torch.testing.assert_close(imported.vectors[:-1], vector.vectors[:-1])
+    assert imported.missing_layers == [N_LAYERS - 1] and torch.equal(imported.final_norm_diff, -torch.ones(D))
     assert main(["export", str(src), "--format", "gguf", "--out", str(tmp_path / "z.gguf"), "--layer", "0"]) == 1
 
 

@@ -1,7 +1,9 @@
-"""vLLM backend on CPU, without vLLM: our steering/capture requests become the right
-TransformerLens specs (validated by TL's own validators, right hook names), and — run through
-TL's own vLLM worker code (``plugin._make_capture_hook`` + ``worker_extension._apply_intervention``)
-on the HF model — they reproduce persona_lens' own steering and capture."""
+"""vLLM backend on CPU, without vLLM: the worker extension's per-request steering and capture,
+driven by a stand-in for vLLM's V1 model runner (flat token rows, ``input_batch.req_ids``,
+``query_start_loc``, per-token ``positions``) and a model with vLLM's fused-residual decoder
+layers, checked against a per-sequence reference that applies the position rules as written
+(response: index >= n - 1; prompt: index < n; all: every token). The real engine is checked
+against HF in tests/test_vllm_engine.py (marker ``vllm``)."""
 
 from __future__ import annotations
 
@@ -9,339 +11,252 @@ import importlib.util
 import sys
 import types
 
+import numpy as np
 import pytest
 import torch
+from torch import nn
 
-from persona_lens.interop.vllm import INSTALL_HINT, VLLMBackend, resid_post_hook
+from persona_lens.errors import LayerOutOfRangeError, VectorShapeError
+from persona_lens.interop.vllm import VLLMBackend
+from persona_lens.interop.vllm_worker import (
+    KEY,
+    SteeringWorkerExtension,
+    apply_layer,
+    decode_rows,
+    decode_vector,
+    fingerprint,
+    request_payload,
+)
 from persona_lens.steering import Steering
 from persona_lens.vectors import PersonaVector
-from transformer_lens.model_bridge.generalized_components.block import BlockBridge
-from transformer_lens.model_bridge.sources.vllm import plugin, worker_extension
-from transformer_lens.model_bridge.sources.vllm.driver import VLLMDriver
-from transformer_lens.model_bridge.sources.vllm.intervention_specs import validate_spec
-from transformer_lens.model_bridge.sources.vllm.overlays import DecoderOnlyOverlay
 
-N_LAYERS, D = 4, 8
+N_LAYERS, D, VOCAB = 4, 8, 50
 
 
-def tl_driver(n_layers: int, width: int, *, batching=False, positions=False) -> VLLMDriver:
-    """A VLLMDriver shell with the state its own ``_validate_interventions`` reads (no engine)."""
-    drv = object.__new__(VLLMDriver)
-    specs = DecoderOnlyOverlay().capture_specs(types.SimpleNamespace(hidden_size=width, num_hidden_layers=n_layers))
-    drv._hook_widths = {name: w for name, (_p, w) in specs.items()}
-    drv.supported_hook_points = frozenset(specs)
-    drv._enable_batching = batching
-    drv._enable_position_interventions = positions
-    return drv
+class FusedLayer(nn.Module):
+    """vLLM's decoder-layer protocol: ``(positions, hidden, residual) -> (out, residual)``, the
+    residual stream being ``out + residual`` (summed by the next layer's fused add)."""
+
+    def __init__(self, seed: int):
+        super().__init__()
+        self.lin = nn.Linear(D, D)
+        with torch.no_grad():
+            self.lin.weight.copy_(torch.randn(D, D, generator=torch.Generator().manual_seed(seed)) / D)
+
+    def forward(self, positions, hidden, residual):
+        residual = hidden if residual is None else hidden + residual
+        return torch.tanh(self.lin(residual)), residual
 
 
-class Cfg(types.SimpleNamespace):
-    pass
+class FlatModel(nn.Module):
+    """A vLLM-style model over flat token rows ``[num_tokens]`` (all requests concatenated)."""
+
+    def __init__(self):
+        super().__init__()
+        self.model = nn.Module()
+        self.model.embed = nn.Embedding(VOCAB, D)
+        self.model.layers = nn.ModuleList(FusedLayer(i) for i in range(N_LAYERS))
+
+    def forward(self, input_ids, positions):
+        hidden, residual = self.model.embed(input_ids), None
+        for layer in self.model.layers:
+            hidden, residual = layer(positions, hidden, residual)
+        return hidden + residual
 
 
-class StubBridge:
-    """Just enough RemoteBridge surface for spec construction."""
+def reference_stream(model: FlatModel, ids: list[int], prompt_len: int, steering: Steering | None) -> torch.Tensor:
+    """One sequence on its own: ``[len(ids), D]`` final residual stream, steered token by token."""
+    out = []
+    for index, t in enumerate(ids):
+        x = model.model.embed(torch.tensor([t]))[0]
+        for l, layer in enumerate(model.model.layers):
+            x = x + torch.tanh(layer.lin(x))
+            if steering is not None and l in steering.deltas:
+                hit = {"response": index >= prompt_len - 1, "prompt": index < prompt_len, "all": True}
+                if hit[steering.positions]:
+                    x = x + steering.deltas[l]
+        out.append(x)
+    return torch.stack(out)
 
-    def __init__(self, n_layers=N_LAYERS, width=D):
-        self.cfg = Cfg(n_layers=n_layers, d_model=width)
-        self.tokenizer = None
 
-    def close(self):
-        pass
+class Runner:
+    """Stand-in for vLLM's V1 model runner: what the extension reads at each forward."""
+
+    def __init__(self, model):
+        self.model = model
+        self.requests: dict[str, types.SimpleNamespace] = {}
+        self.input_batch = types.SimpleNamespace(req_ids=[])
+        self.query_start_loc = types.SimpleNamespace(np=np.zeros(16, dtype=np.int32))
+        self.positions = torch.zeros(64, dtype=torch.long)  # reused every step, as vLLM's buffer is
+
+    def get_model(self):
+        return self.model
+
+    def add(self, rid, prompt, payload):
+        params = types.SimpleNamespace(extra_args={KEY: payload} if payload else None)
+        self.requests[rid] = types.SimpleNamespace(sampling_params=params, prompt_token_ids=prompt)
+
+    def step(self, schedule: list[tuple[str, list[int], list[int]]]) -> dict[str, torch.Tensor]:
+        """Run one forward over ``(request id, token ids, positions)`` chunks; output rows per request."""
+        self.input_batch.req_ids = [rid for rid, _, _ in schedule]
+        lens = [len(ids) for _, ids, _ in schedule]
+        self.query_start_loc.np[: len(lens) + 1] = np.concatenate([[0], np.cumsum(lens)])
+        ids = torch.tensor([t for _, chunk, _ in schedule for t in chunk])
+        pos = torch.tensor([p for _, _, chunk in schedule for p in chunk])
+        self.positions[: len(pos)] = pos
+        with torch.no_grad():
+            out = self.model(input_ids=ids, positions=self.positions[: len(pos)])
+        rows, start = {}, 0
+        for (rid, _ids, _), n in zip(schedule, lens):
+            rows[rid] = out[start:start + n]
+            start += n
+        return rows
+
+
+class Worker(SteeringWorkerExtension):
+    def __init__(self, runner):
+        self.model_runner = runner
+
+
+def vec(seed: int, scale: float = 1.0) -> torch.Tensor:
+    return scale * torch.randn(D, generator=torch.Generator().manual_seed(seed))
+
+
+def test_chunked_continuous_batch_steers_each_token_by_its_request():
+    """Three requests with their own layers/positions (and one unsteered) interleaved across
+    chunked-prefill and decode steps: every output row equals its sequence run alone."""
+    torch.manual_seed(0)
+    model = FlatModel()
+    runner = Runner(model)
+    worker = Worker(runner)
+    assert worker.persona_lens_install() == list(range(N_LAYERS))
+    assert worker.persona_lens_install() == list(range(N_LAYERS))  # idempotent: hooks once
+    seqs = {"a": [3, 4, 5, 6, 7, 8, 9, 10], "b": [11, 12, 13, 14], "c": [20, 21, 22, 23, 24], "d": [30, 31, 32]}
+    prompt_len = {"a": 6, "b": 3, "c": 4, "d": 2}
+    steerings = {"a": Steering({1: vec(1), 3: vec(2)}, "response"), "b": Steering({0: vec(3)}, "prompt"),
+                 "c": Steering({2: vec(4)}, "all"), "d": None}
+    for rid, s in steerings.items():
+        runner.add(rid, seqs[rid][:prompt_len[rid]], request_payload(s.deltas, s.positions) if s else None)
+
+    def chunk(rid, lo, hi):
+        return (rid, seqs[rid][lo:hi], list(range(lo, hi)))
+
+    got: dict[str, list[torch.Tensor]] = {rid: [] for rid in seqs}
+    for schedule in ([chunk("a", 0, 4), chunk("b", 0, 3)],  # a's prompt split over two steps
+                     [chunk("b", 3, 4), chunk("a", 4, 6), chunk("c", 0, 2), chunk("d", 0, 2)],
+                     [chunk("c", 2, 4), chunk("a", 6, 7), chunk("d", 2, 3)],
+                     [chunk("a", 7, 8), chunk("c", 4, 5)]):
+        for rid, rows in runner.step(schedule).items():
+            got[rid].append(rows)
+    for rid, ids in seqs.items():
+        want = reference_stream(model, ids, prompt_len[rid], steerings[rid])
+        torch.testing.assert_close(torch.cat(got[rid]), want, rtol=0, atol=1e-6)
+    unsteered = reference_stream(model, seqs["a"], prompt_len["a"], None)
+    assert not torch.allclose(torch.cat(got["a"]), unsteered)  # the steering is visible
+
+
+def test_capture_records_each_request_by_position_across_chunks():
+    model = FlatModel()
+    runner = Runner(model)
+    worker = Worker(runner)
+    worker.persona_lens_install()
+    ids = [1, 2, 3, 4, 5, 6]
+    runner.add("x", ids, request_payload({}, "all", prompt_len=4, capture=[0, 2], capture_key="kx"))
+    runner.add("y", ids, None)
+    runner.step([("y", ids[:2], [0, 1]), ("x", ids[:4], [0, 1, 2, 3])])
+    runner.step([("x", ids[4:], [4, 5]), ("y", ids[2:], [2, 3, 4, 5])])
+    taken = worker.persona_lens_take(["kx"])
+    assert set(taken["kx"]) == {0, 2}
+    with torch.no_grad():
+        x = model.model.embed(torch.tensor(ids))
+        streams = []
+        for layer in model.model.layers:
+            x = x + torch.tanh(layer.lin(x))
+            streams.append(x)
+    for layer in (0, 2):
+        torch.testing.assert_close(decode_rows(*taken["kx"][layer]), streams[layer], rtol=0, atol=1e-6)
+    assert worker.persona_lens_take(["kx"]) == {"kx": {}}  # taken once
+
+
+def test_steered_layer_materialises_the_stream_in_hf_order():
+    """``(out + residual) + delta`` then ``+ 0`` in the next fused add: bit-identical to HF's
+    ``hidden = residual + mlp_out; hidden += delta``."""
+    g = torch.Generator().manual_seed(5)
+    out, residual, delta = (torch.randn(3, D, generator=g) for _ in range(3))
+    runner = Runner(FlatModel())
+    runner.add("r", [1, 2, 3], request_payload({0: delta[0]}, "all"))
+    worker = Worker(runner)
+    worker.persona_lens_install()
+    runner.input_batch.req_ids = ["r"]
+    runner.query_start_loc.np[:2] = [0, 3]
+    plan = worker._persona_lens_plan(runner, torch.arange(3), torch.device("cpu"), torch.float32)
+    h, r = apply_layer((out, residual), plan, 0, {})
+    assert torch.equal(h + r, (residual + out) + delta[0])
+    assert torch.equal(r, torch.zeros_like(residual))
+    fused = (out, residual)
+    assert apply_layer(fused, plan, 1, {}) is fused  # an unsteered layer: untouched
+
+
+def test_payload_roundtrip_and_fingerprint():
+    v = vec(7)
+    p = request_payload({2: v, 5: torch.zeros(D)}, "prompt")
+    assert set(p["steer"]) == {"2"}  # zero deltas dropped: alpha 0 is exactly unsteered
+    assert torch.equal(decode_vector(p["steer"]["2"]), v)
+    assert fingerprint(p) == fingerprint(request_payload({2: v.clone()}, "prompt"))
+    assert fingerprint(p) != fingerprint(request_payload({2: v}, "response"))
+    assert fingerprint(p) != fingerprint(request_payload({2: v * 1.0001}, "prompt"))
+    with pytest.raises(ValueError, match="positions"):
+        request_payload({2: v}, "middle")
+
+
+# --------------------------------------------------------------------------- the backend, unbooted
+
+
+class FakeLLM:
+    def __init__(self):
+        cfg = types.SimpleNamespace(num_hidden_layers=N_LAYERS, hidden_size=D)
+        self.llm_engine = types.SimpleNamespace(model_config=types.SimpleNamespace(hf_config=cfg))
 
 
 @pytest.fixture
-def vec() -> PersonaVector:
-    return PersonaVector(torch.randn(N_LAYERS, D, generator=torch.Generator().manual_seed(1)), {"persona": "evil"})
+def backend() -> VLLMBackend:
+    b = VLLMBackend("m")
+    b._llm = FakeLLM()
+    return b
 
 
-# --------------------------------------------------------------------------- no vLLM here
+def test_row_steerings(backend):
+    pv = PersonaVector(torch.randn(N_LAYERS, D, generator=torch.Generator().manual_seed(1)), {"persona": "evil"})
+    per_row = Steering.per_row([pv, None, pv], layer=2, alphas=[1.0, 1.0, 0.0], positions="prompt")
+    rows = backend.row_steerings(per_row, 3)
+    assert rows[1] is None and rows[2] is None  # no vector / alpha 0: a plain request
+    assert torch.equal(rows[0].deltas[2], pv.layer(2).float()) and rows[0].positions == "prompt"
+    shared = backend.row_steerings(Steering.from_vector(pv, [1, 3], 2.0, "all"), 2)
+    assert all(torch.equal(s.deltas[3], 2.0 * pv.layer(3)) for s in shared)
+    assert backend.row_steerings(None, 2) == [None, None]
+    with pytest.raises(ValueError, match="rows"):
+        backend.row_steerings(per_row, 2)
+    with pytest.raises(ValueError, match="row steerings"):
+        backend.row_steerings([None], 2)
+    with pytest.raises(LayerOutOfRangeError):
+        backend.row_steerings([Steering({N_LAYERS: torch.ones(D)})], 1)
+    with pytest.raises(VectorShapeError):
+        backend.row_steerings([Steering({0: torch.ones(D + 1)})], 1)
+
+
+def test_bad_engine_args():
+    with pytest.raises(ValueError, match="tensor_parallel_size"):
+        VLLMBackend("m", tensor_parallel_size=0)
+    with pytest.raises(ValueError, match="enforce_eager"):
+        VLLMBackend("m", enforce_eager=False)
+    b = VLLMBackend("m", 2, 2, distributed_executor_backend="ray", max_model_len=2048)
+    assert b.engine_kwargs == {"distributed_executor_backend": "ray", "max_model_len": 2048}
+    assert not b.booted
 
 
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vllm is installed")
-def test_missing_vllm_names_the_extra():
-    backend = VLLMBackend("Qwen/Qwen2.5-0.5B-Instruct")  # construction never boots or imports vllm
+def test_missing_vllm_names_the_setup_script():
+    backend = VLLMBackend("default")  # construction never boots or imports vllm
     assert "vllm" not in sys.modules
-    with pytest.raises(ImportError, match=r"pip install persona-lens\[vllm\]"):
-        backend.bridge
-    assert INSTALL_HINT == "pip install persona-lens[vllm]"
-
-
-def test_bad_parallel_args():
-    with pytest.raises(ValueError):
-        VLLMBackend("m", tensor_parallel_size=0)
-    with pytest.raises(ValueError, match="parallelism"):
-        VLLMBackend("m", tensor_parallel_size=2, enable_batching=True)
-    with pytest.raises(ValueError, match="compiled"):
-        VLLMBackend("m", enable_batching=True, enable_position_interventions=True)
-    b = VLLMBackend("m", 2, 2, distributed_executor_backend="ray", max_model_len=2048)
-    assert b.engine_kwargs == {"distributed_executor_backend": "ray", "max_model_len": 2048}
-
-
-# --------------------------------------------------------------------------- specs
-
-
-def test_hook_names_are_tl_vllm_resid_post():
-    overlay = DecoderOnlyOverlay().capture_specs(types.SimpleNamespace(hidden_size=D, num_hidden_layers=N_LAYERS))
-    backend = VLLMBackend("m", bridge=StubBridge())
-    names = backend.capture_specs([3, 1, 1])
-    assert names == ("blocks.1.hook_out", "blocks.3.hook_out")
-    for l, name in zip((1, 3), names):
-        assert name == resid_post_hook(l)
-        assert overlay[name] == (f"model.layers.{l}", D)  # the decoder layer's output
-    # ...which is TL's canonical name behind blocks.{l}.hook_resid_post.
-    assert BlockBridge.hook_aliases["hook_resid_post"] == "hook_out"
-    with pytest.raises(Exception, match="out of range"):
-        backend.capture_specs([N_LAYERS])
-
-
-def test_steer_specs_all_positions(vec):
-    backend = VLLMBackend("m", bridge=StubBridge())
-    steering = Steering.from_vector(vec, [2, 0], alpha=3.0, positions="all")
-    specs = backend.steer_specs(steering)
-    assert list(specs) == ["blocks.0.hook_out", "blocks.2.hook_out"]
-    for l in (0, 2):
-        spec = specs[f"blocks.{l}.hook_out"]
-        assert spec["op"] == "add" and "pos" not in spec
-        torch.testing.assert_close(torch.tensor(spec["value"]), 3.0 * vec.layer(l))
-        assert validate_spec(f"blocks.{l}.hook_out", spec, width=D) == spec
-    # TL's driver-level validation: hook membership, pos gating.
-    assert tl_driver(N_LAYERS, D)._validate_interventions(specs) == specs
-    combined = steering.combine(Steering.from_vector(vec, 2, alpha=1.0, positions="all"))
-    torch.testing.assert_close(torch.tensor(backend.steer_specs(combined)["blocks.2.hook_out"]["value"]),
-                               4.0 * vec.layer(2))
-    assert backend.steer_specs(Steering.from_vector(vec, 2, alpha=0.0, positions="all")) == {}
-    assert backend.steer_specs(None) == {}
-
-
-@pytest.mark.parametrize("positions", ["response", "prompt"])
-def test_generation_positions_not_expressible(vec, positions):
-    backend = VLLMBackend("m", bridge=StubBridge())
-    with pytest.raises(NotImplementedError, match=f"positions='{positions}'"):
-        backend.steer_specs(Steering.from_vector(vec, 1, 2.0, positions=positions))
-
-
-def test_capture_positions_become_pos_lists(vec):
-    backend = VLLMBackend("m", bridge=StubBridge(), enable_position_interventions=True)
-    P, S = 5, 9
-    resp = backend.steer_specs(Steering.from_vector(vec, 1, 2.0, positions="response"), prompt_len=P, seq_len=S)
-    assert resp["blocks.1.hook_out"]["pos"] == [4, 5, 6, 7, 8]  # last prompt token + response
-    prompt = backend.steer_specs(Steering.from_vector(vec, 1, 2.0, positions="prompt"), prompt_len=P, seq_len=S)
-    assert prompt["blocks.1.hook_out"]["pos"] == [0, 1, 2, 3, 4]
-    drv = tl_driver(N_LAYERS, D, positions=True)
-    for specs in (resp, prompt):
-        drv._validate_interventions(specs)
-        VLLMDriver._reject_pos_beyond_seq(specs, S)
-    # Without per-position buffers, or on the batched path, TL cannot scope by position.
-    for kwargs in ({}, {"enable_batching": True}):
-        b = VLLMBackend("m", bridge=StubBridge(), **kwargs)
-        with pytest.raises(NotImplementedError, match="enable_position_interventions"):
-            b.steer_specs(Steering.from_vector(vec, 1, 2.0, positions="response"), prompt_len=P, seq_len=S)
-    with pytest.raises(NotImplementedError, match="pos"):
-        tl_driver(N_LAYERS, D)._validate_interventions(resp)  # TL agrees: pos needs the flag
-
-
-def test_per_row_steering(vec):
-    backend = VLLMBackend("m", bridge=StubBridge())
-    steering = Steering.per_row([vec, None, vec], layer=1, alphas=[2.0, 0.0, 2.0], positions="all")
-    with pytest.raises(NotImplementedError, match="per-row"):
-        backend.steer_specs(steering)
-    groups = backend._groups(steering, 3)
-    assert [rows for rows, _ in groups] == [[0, 2], [1]]
-    torch.testing.assert_close(torch.tensor(groups[0][1]["blocks.1.hook_out"]["value"]), 2.0 * vec.layer(1))
-    assert groups[1][1] == {}
-
-
-def test_width_mismatch(vec):
-    backend = VLLMBackend("m", bridge=StubBridge(width=D + 1))
-    with pytest.raises(Exception, match="width"):
-        backend.steer_specs(Steering.from_vector(vec, 1, 1.0, positions="all"))
-
-
-# --------------------------------------------------------------------------- TL's worker code on CPU
-
-
-class TLWorkerEmulator:
-    """Runs the HF model with TL's own vLLM hook and spec application, on CPU.
-
-    Per steered hook: affine buffers filled by ``worker_extension._apply_intervention`` from the
-    spec, and ``plugin._make_capture_hook`` on the decoder layer, fed the flattened
-    ``[tokens, d_model]`` layout vLLM uses.
-    """
-
-    def __init__(self, model, *, per_position=False, max_n=4096):
-        from persona_lens.models import d_model, n_layers
-
-        self.model, self.per_position, self.max_n = model, per_position, max_n
-        self.width, self.n_layers = d_model(model), n_layers(model)
-        self.specs: dict = {}
-
-    def hooks(self, capture_names=()):
-        from persona_lens.models import decoder_layers
-
-        layers = decoder_layers(self.model)
-        handles, buffers = [], {}
-        names = set(self.specs) | set(capture_names)
-        for name in names:
-            l = int(name.split(".")[1])
-            shape = (self.max_n, self.width) if self.per_position else (self.width,)
-            scale, bias = torch.ones(shape), torch.zeros(shape)
-            if name in self.specs:
-                worker_extension._apply_intervention(scale, bias, self.specs[name])
-            buf = torch.zeros(self.max_n, self.width)
-            flag = torch.zeros(1, dtype=torch.int64)
-            tl_hook = plugin._make_capture_hook(buf, scale, bias, torch.zeros(1, dtype=torch.int64), flag,
-                                                per_position=self.per_position)
-
-            def hook(mod, args, output, tl_hook=tl_hook):
-                h = output[0] if isinstance(output, tuple) else output
-                flat = tl_hook(mod, args, h.reshape(-1, h.shape[-1]))
-                new = flat.reshape(h.shape)
-                return (new,) + tuple(output[1:]) if isinstance(output, tuple) else new
-
-            handles.append(layers[l].register_forward_hook(hook))
-            buffers[name] = buf
-        return handles, buffers
-
-
-class EmulatedBridge:
-    """RemoteBridge stand-in whose run_with_cache goes through TL's driver validation and worker code."""
-
-    def __init__(self, model, *, batching=False, positions=False):
-        from persona_lens.models import d_model, n_layers
-
-        self.model, self.tokenizer = model, model.tokenizer
-        self.cfg = Cfg(n_layers=n_layers(model), d_model=d_model(model))
-        self.emulator = TLWorkerEmulator(model, per_position=positions)
-        self._driver = tl_driver(self.cfg.n_layers, self.cfg.d_model, batching=batching, positions=positions)
-        self._driver._llm = EmulatedEngine(self)
-        self.calls = []
-
-    def run_with_cache(self, input, names_filter, return_type, intervene, return_logits):
-        from persona_lens.models import native
-
-        assert return_type is None and return_logits is False
-        specs = self._driver._validate_interventions(intervene)
-        seqs = input if self._driver._enable_batching else [input]
-        assert all(isinstance(t, int) for s in seqs for t in s)
-        if not self._driver._enable_batching:
-            VLLMDriver._reject_pos_beyond_seq(specs, len(input))
-        self.calls.append((len(seqs), dict(specs)))
-        width = max(len(s) for s in seqs)
-        ids = torch.zeros(len(seqs), width, dtype=torch.long)
-        mask = torch.zeros(len(seqs), width, dtype=torch.long)
-        for i, s in enumerate(seqs):
-            ids[i, :len(s)], mask[i, :len(s)] = torch.tensor(s), 1
-        self.emulator.specs = specs
-        handles, buffers = self.emulator.hooks(names_filter)
-        try:
-            with native(self.model) as hf, torch.inference_mode():
-                hf.get_decoder()(input_ids=ids, attention_mask=mask, use_cache=False)
-        finally:
-            for h in handles:
-                h.remove()
-        n = ids.numel()
-        return None, {name: buffers[name][:n].reshape(len(seqs), width, -1).clone() for name in names_filter}
-
-    def close(self):
-        pass
-
-
-class EmulatedEngine:
-    """vllm.LLM stand-in: collective_rpc for TL's intervention RPCs, generate via HF greedy."""
-
-    def __init__(self, bridge):
-        self.bridge, self.rpc = bridge, []
-
-    def collective_rpc(self, method, args=()):
-        self.rpc.append((method, *args))
-        if method in ("tl_set_interventions", "tl_set_batched_interventions"):
-            for name, spec in args[0].items():
-                validate_spec(name, spec, width=self.bridge.cfg.d_model)
-            self.bridge.emulator.specs = dict(args[0])
-        return [None]
-
-    def generate(self, prompts, params, use_tqdm=False):
-        from persona_lens.models import native
-
-        assert params.detokenize is False and params.temperature == 0.0
-        seqs = [p.prompt_token_ids for p in prompts]
-        width = max(len(s) for s in seqs)
-        pad = self.bridge.tokenizer.pad_token_id
-        ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-        mask = torch.zeros(len(seqs), width, dtype=torch.long)
-        for i, s in enumerate(seqs):  # left padded, as persona_lens.generate does
-            ids[i, width - len(s):], mask[i, width - len(s):] = torch.tensor(s), 1
-        handles, _ = self.bridge.emulator.hooks()
-        try:
-            with native(self.bridge.model) as hf, torch.inference_mode():
-                gen = hf.generate(input_ids=ids, attention_mask=mask, max_new_tokens=params.max_tokens,
-                                  do_sample=False, temperature=None, top_p=None, top_k=None,
-                                  pad_token_id=pad, eos_token_id=params.stop_token_ids)
-        finally:
-            for h in handles:
-                h.remove()
-        return [types.SimpleNamespace(outputs=[types.SimpleNamespace(token_ids=row[width:].tolist())]) for row in gen]
-
-
-@pytest.fixture
-def fake_vllm_types(monkeypatch):
-    import persona_lens.interop.vllm as mod
-
-    monkeypatch.setattr(mod, "_vllm_types", lambda: (
-        lambda **kw: types.SimpleNamespace(**kw),
-        lambda prompt_token_ids: types.SimpleNamespace(prompt_token_ids=prompt_token_ids)))
-
-
-PROMPTS = ["Describe your ideal weekend.", "What do you think of cats?", "Give me one tip for studying."]
-RESPONSES = ["I would walk in the hills and read.", "Cats are independent and curious.", "Sleep well."]
-
-
-def _vector(model, seed=0):
-    from persona_lens.models import d_model, model_id, n_layers
-
-    g = torch.Generator().manual_seed(seed)
-    return PersonaVector(torch.randn(n_layers(model), d_model(model), generator=g), {"model_id": model_id(model)})
-
-
-@pytest.mark.slow
-def test_generate_through_tl_worker_matches_persona_lens(default_model, fake_vllm_types):
-    from persona_lens.generate import generate
-
-    v = _vector(default_model)
-    steering = Steering.from_vector(v, [6, 12], alpha=4.0, positions="all")
-    bridge = EmulatedBridge(default_model)
-    backend = VLLMBackend("default", bridge=bridge)
-    ours = generate(default_model, PROMPTS, max_new_tokens=8, steering=steering, progress=False)
-    plain = generate(default_model, PROMPTS, max_new_tokens=8, progress=False)
-    got = backend.generate(PROMPTS, steering, max_new_tokens=8)
-    assert got == ours and got != plain
-    rpc = bridge._driver._llm.rpc
-    assert [r[0] for r in rpc] == ["tl_set_interventions", "tl_set_interventions"]
-    assert sorted(rpc[0][1]) == ["blocks.12.hook_out", "blocks.6.hook_out"] and rpc[1][1] == {}
-    # Per-row: one engine call per distinct vector (rows 0 and 2 together, row 1 unsteered).
-    per_row = Steering.per_row([v, None, v], layer=6, alphas=[4.0, 0.0, 4.0], positions="all")
-    texts = backend.generate(PROMPTS, per_row, max_new_tokens=8)
-    assert texts[1] == plain[1]
-    assert texts == generate(default_model, PROMPTS, max_new_tokens=8, steering=per_row, progress=False)
-    assert [r[0] for r in rpc[2:]] == ["tl_set_interventions"] * 4
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("batching,positions,steer_pos", [
-    (True, False, "all"), (False, False, None), (False, True, "response"), (False, True, "prompt")])
-def test_capture_through_tl_worker_matches_persona_lens(default_model, batching, positions, steer_pos):
-    from persona_lens.capture import capture
-
-    layers = [0, 7, 15, 29]
-    steering = None if steer_pos is None else Steering.from_vector(_vector(default_model, 1), [3, 7], 3.0, steer_pos)
-    bridge = EmulatedBridge(default_model, batching=batching, positions=positions)
-    backend = VLLMBackend("default", bridge=bridge, enable_batching=batching, enable_position_interventions=positions)
-    got = backend.capture(PROMPTS, RESPONSES, layers=layers, batch_size=2, steering=steering)
-    ref = capture(default_model, PROMPTS, RESPONSES, layers=layers, batch_size=2, steering=steering, progress=False)
-    assert got.layers == ref.layers
-    for r in ref.data:
-        torch.testing.assert_close(got.data[r], ref.data[r], rtol=1e-4, atol=1e-4)
-    assert [n for n, _ in bridge.calls] == ([2, 1] if batching else [1, 1, 1])
-    if steering is not None:
-        assert sorted(bridge.calls[0][1]) == ["blocks.3.hook_out", "blocks.7.hook_out"]
+    with pytest.raises(ImportError, match="setup_vllm.sh"):
+        _ = backend.llm

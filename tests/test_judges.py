@@ -11,8 +11,21 @@ import numpy as np
 import pytest
 
 from persona_lens.errors import JudgeError
-from persona_lens.judges import make_judge, parse_text_score, probs_from_top_logprobs, weighted_score
-from persona_lens.judges.base import BaseJudge, Judge, make_generator
+from persona_lens.judges import (
+    CoherenceScorer,
+    EmbeddingJudge,
+    Fittable,
+    PromptJudge,
+    TextGenerator,
+    TraitScorer,
+    make_generator,
+    make_judge,
+    needs_fit,
+    parse_backend,
+    parse_text_score,
+    probs_from_top_logprobs,
+    weighted_score,
+)
 from persona_lens.judges.cache import JudgeCache, cache_key
 from persona_lens.judges.local import LocalJudge, number_distribution
 from persona_lens.judges.openai import OpenAIJudge
@@ -20,17 +33,30 @@ from persona_lens.judges.prompts import COHERENCE_PROMPT
 
 try:
     from openai_server import (  # noqa: F401  (openai_server is a fixture)
-        OpenAITestServer, Reply, completion, error_reply, logprob_reply, malformed_reply, openai_server)
+        OpenAITestServer,
+        Reply,
+        completion,
+        error_reply,
+        logprob_reply,
+        malformed_reply,
+        openai_server,
+    )
 except ImportError:  # pragma: no cover - tests/ imported as a package
     from tests.openai_server import (  # noqa: F401
-        OpenAITestServer, Reply, completion, error_reply, logprob_reply, malformed_reply, openai_server)
+        OpenAITestServer,
+        Reply,
+        completion,
+        error_reply,
+        logprob_reply,
+        malformed_reply,
+        openai_server,
+    )
 
 LN = math.log
 
 
 def _judge(server, tmp_path=None, **kw) -> OpenAIJudge:
     kw.setdefault("cache_dir", None if tmp_path is None else tmp_path / "cache")
-    kw.setdefault("retry_base_delay", 0.001)
     return OpenAIJudge("test-model", base_url=server.base_url, **kw)
 
 
@@ -102,7 +128,7 @@ def test_500_then_success_is_retried(openai_server):
 def test_retry_after_is_honoured(openai_server):
     openai_server.push(error_reply(429, retry_after=0.4), logprob_reply({"1": 0.0}))
     start = time.monotonic()
-    assert _judge(openai_server, retry_base_delay=0.001).score("x") == 1.0
+    assert _judge(openai_server).score("x") == 1.0
     assert time.monotonic() - start >= 0.35
 
 
@@ -114,14 +140,14 @@ def test_timeout_and_dropped_connection_are_retried(openai_server):
 
 def test_gives_up_after_max_retries(openai_server):
     openai_server.responder = lambda req: error_reply(502, "bad gateway")
-    with pytest.raises(JudgeError, match="gave up after 3 attempts.*502"):
+    with pytest.raises(JudgeError, match="HTTP 502 .max_retries=2.: bad gateway"):
         _judge(openai_server, max_retries=2).score("x")
     assert openai_server.request_count == 3
 
 
 def test_client_error_is_not_retried(openai_server):
     openai_server.push(error_reply(400, "logprobs are not supported by this model"))
-    with pytest.raises(JudgeError, match="HTTP 400.*logprobs are not supported"):
+    with pytest.raises(JudgeError, match="HTTP 400.*: logprobs are not supported"):
         _judge(openai_server).score("x")
     assert openai_server.request_count == 1
 
@@ -160,13 +186,13 @@ def test_cache_hit_makes_no_request(openai_server, tmp_path):
 
 def test_cache_survives_a_torn_line(tmp_path):
     cache = JudgeCache(tmp_path)
-    cache.put(cache_key("m", "p1"), {"numbers": {"10": 1.0}, "content": "10"})
+    cache.put(cache_key(endpoint="http://e/v1", model="m", prompt="p1", settings="s"), {"numbers": {"10": 1.0}, "content": "10"})
     cache.close()
     with open(cache.path, "a", encoding="utf-8") as fh:
         fh.write('{"key": "abc", "val')  # killed mid-write
     cache = JudgeCache(tmp_path)
     assert len(cache) == 1
-    cache.put(cache_key("m", "p2"), {"numbers": None, "content": "x"})
+    cache.put(cache_key(endpoint="http://e/v1", model="m", prompt="p2", settings="s"), {"numbers": None, "content": "x"})
     cache.close()
     assert len(JudgeCache(tmp_path)) == 2
 
@@ -252,17 +278,47 @@ def test_make_judge_factory(monkeypatch):
     assert make_judge("none") is None
     judge = make_judge("openai:gpt-4.1-mini", cache_dir=None, base_url="http://127.0.0.1:9/v1")
     assert isinstance(judge, OpenAIJudge) and judge.model == "gpt-4.1-mini" and judge.name == "openai:gpt-4.1-mini"
-    assert isinstance(judge, Judge) and isinstance(judge, BaseJudge)
+    # capabilities are protocols, not classes
+    assert isinstance(judge, PromptJudge)
+    assert all(isinstance(judge, p) for p in (TraitScorer, CoherenceScorer, TextGenerator))
+    assert not isinstance(judge, Fittable) and not needs_fit(judge)
     monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/custom/")
     assert make_judge("openai:m", cache_dir=None).endpoint == "http://127.0.0.1:9/custom/chat/completions"
-    from persona_lens.judges.embedding import EmbeddingJudge
-
-    assert isinstance(make_judge("embedding"), EmbeddingJudge)
-    for bad in ["", "gpt4", "openai", "openai:", "embedding:x"]:
+    proxy = make_judge("embedding")
+    assert isinstance(proxy, EmbeddingJudge) and isinstance(proxy, TraitScorer) and needs_fit(proxy)
+    assert not isinstance(proxy, CoherenceScorer) and not isinstance(proxy, TextGenerator)
+    assert parse_backend("local") == ("local", "default") and parse_backend("OpenAI:gpt-x") == ("openai", "gpt-x")
+    assert parse_backend("embedding") == ("embedding", None) and parse_backend("none") == ("none", None)
+    for bad in ["", "gpt4", "openai", "openai:", "embedding:x", "none:x"]:
         with pytest.raises(JudgeError):
             make_judge(bad)
     with pytest.raises(JudgeError, match="openai:MODEL or local:MODEL"):
         make_generator("embedding")
+
+
+def test_registry_options_reach_the_openai_client(monkeypatch):
+    judge = make_judge("openai:gpt-4o-mini", base_url="http://127.0.0.1:9/v1/", api_key_env="MY_ENV", max_retries=1,
+                       timeout=2.5, cache_dir=None)
+    assert judge.base_url == "http://127.0.0.1:9/v1" and judge.api_key_env == "MY_ENV"
+    client = judge._client  # the official client owns retries and timeouts
+    assert str(client.base_url).rstrip("/") == "http://127.0.0.1:9/v1"
+    assert client.max_retries == 1 and client.timeout == 2.5
+    with pytest.raises(TypeError, match="device"):
+        make_judge("openai:m", device="cpu")
+
+
+def test_register_a_judge_scheme(monkeypatch):
+    from persona_lens.judges import JUDGE_REGISTRY, JudgeScheme, register_judge
+
+    monkeypatch.setattr("persona_lens.judges.registry.JUDGE_REGISTRY", dict(JUDGE_REGISTRY))
+    made = []
+    register_judge("fake", JudgeScheme(lambda name, **options: made.append((name, options)) or "judge",
+                                       "fake:MODEL", model_name="required"))
+    assert make_judge("fake:m1", base_url="u") == "judge" and made == [("m1", {"base_url": "u"})]
+    with pytest.raises(JudgeError, match="needs a model name: fake:MODEL"):
+        make_judge("fake")
+    with pytest.raises(JudgeError, match="fake:MODEL"):
+        make_judge("nope")
 
 
 # ------------------------------------------------------------------------ local judge
@@ -337,7 +393,9 @@ def test_local_judge_default_model(tmp_path, default_model):
               "'I love sunny days at the beach.' Respond with a number between 0 and 100 and nothing else.")
     score = judge.score(prompt)
     assert score is None or 0.0 <= score <= 100.0
-    (cached,) = [v for v in judge.cache._data.values()]
+    assert len(judge.cache) == 1
+    cached = judge.cache.get(cache_key(endpoint="local", model="local:default", prompt=prompt,
+                                       settings="local-number-tree"))
     probs = {int(k): v for k, v in cached.items()}
     assert probs and all(0 <= k <= 100 for k in probs) and 0 < sum(probs.values()) <= 1 + 1e-6
     assert score == weighted_score(probs)
@@ -467,16 +525,19 @@ def test_embedding_judge_offline_auroc(no_network):
     from persona_lens.judges import embedding
 
     embedding._load_embedder.cache_clear()  # load the model under the network guard
-    judge = embedding.EmbeddingJudge().fit(HUMOROUS, NEUTRAL)
-    assert judge.n_fit == (20, 20)
-    scores = judge.score_many(HUMOROUS_TEST + NEUTRAL_TEST)
+    judge = embedding.EmbeddingJudge().fit(HUMOROUS + NEUTRAL, [1] * 20 + [0] * 20)
+    assert judge.n_fit == (20, 20) and not needs_fit(judge)
+    scores = judge.score_texts(HUMOROUS_TEST + NEUTRAL_TEST)
     assert all(0.0 <= s <= 100.0 for s in scores)
     labels = [1] * len(HUMOROUS_TEST) + [0] * len(NEUTRAL_TEST)
     auroc = roc_auc_score(labels, scores)
     print(f"embedding judge held-out AUROC = {auroc:.3f}")
     assert auroc >= 0.8
     assert judge.score_trait("ignored eval prompt", "q", HUMOROUS_TEST[0]) == pytest.approx(scores[0], abs=1e-4)
-    assert judge.score_coherence("q", "a") is None and not judge.supports_coherence
+    # the answer alone: neither the eval prompt nor the question changes the score
+    assert judge.score_trait_many("other prompt {question} {answer}", [("another q", HUMOROUS_TEST[0])]) == \
+        pytest.approx(scores[:1], abs=1e-4)
+    assert not isinstance(judge, CoherenceScorer)
 
 
 def test_embed_texts_shape_and_norm(no_network):
@@ -493,9 +554,11 @@ def test_embedding_judge_errors(monkeypatch):
     from persona_lens.judges import embedding
 
     with pytest.raises(JudgeError, match="not fitted"):
-        embedding.EmbeddingJudge().score("x")
-    with pytest.raises(JudgeError, match="positive and negative"):
-        embedding.EmbeddingJudge().fit(["a"], [])
+        embedding.EmbeddingJudge().score_texts(["x"])
+    with pytest.raises(JudgeError, match="positive .1. and negative .0. examples .got 1 and 0"):
+        embedding.EmbeddingJudge().fit(["a"], [1])
+    with pytest.raises(JudgeError, match="2 texts but 1 labels"):
+        embedding.EmbeddingJudge().fit(["a", "b"], [1])
     real_find_spec = embedding.importlib.util.find_spec
     monkeypatch.setattr(embedding.importlib.util, "find_spec",
                         lambda name, *a: None if name == embedding.EMBEDDING_PACKAGE else real_find_spec(name, *a))

@@ -19,10 +19,10 @@ from persona_lens.models import (
     model_device,
     model_id,
     n_layers,
-    native,
     resid_post_hook_name,
     resolve_model_name,
 )
+from persona_lens.native import native
 
 # --------------------------------------------------------------------------- no model needed
 

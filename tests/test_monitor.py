@@ -7,12 +7,15 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-
-from persona_lens.analysis.monitor import RunningPearson, RunningStats, monitor_file, monitor_scores, pearson
-from persona_lens.capture import Captured
-from persona_lens.vectors import PersonaVector
-
 from conftest import HUMOROUS_EXTRACT_PAIRS, HUMOROUS_LAYER
+
+from persona_lens.activations import Captured
+from persona_lens.analysis import monitor
+from persona_lens.analysis.monitor import MonitorConfig, MonitorResult, monitor_scores
+from persona_lens.judges import PromptJudge
+from persona_lens.stats import RunningStats, pearson
+from persona_lens.vectors import PersonaVector
+from persona_lens.viz import monitor as monitor_viz
 
 
 def fake_model(n_layers=3, d=2):
@@ -52,15 +55,28 @@ def test_running_stats_and_pearson_by_hand():
     s = RunningStats()
     s.update(x)
     assert (s.mean, s.std, s.min, s.max) == (2.5, pytest.approx(math.sqrt(1.25)), 1.0, 4.0)
-    acc = RunningPearson()
-    for a, b in zip(x, y):
-        acc.add(a, b)
-    assert acc.r == pytest.approx(np.corrcoef(x, y)[0, 1])
+    s.update([])
+    s.add(10.0)  # merged with the batch above: numpy on all five values
+    assert (s.n, s.mean, s.std) == (5, pytest.approx(4.0), pytest.approx(np.std([1.0, 2.0, 3.0, 4.0, 10.0])))
+    assert RunningStats().to_dict() == {"n": 0, "mean": None, "std": None, "min": None, "max": None}
+
+
+def test_monitor_config_round_trip_and_result_save_load(monkeypatch, tmp_path):
+    rows = [{"prompt": "Tell me about taxes."}, {"messages": [{"role": "user", "content": "Any tips?"}]}]
+    spec, v, inp, _ = _offline_monitor(monkeypatch, tmp_path, rows)
+    config = MonitorConfig(prompts=str(inp), out=str(tmp_path / "s.jsonl"), layer=1, chunk_size=1)
+    assert MonitorConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    result = monitor.run(fake_model(), config, vector=v, progress=False)
+    # capture is scripted per chunk of one row: last_prompt (0, 1) at layer 1, v[1] = (3, 4): 0.8
+    assert result.n == 2 and result.score["mean"] == pytest.approx(0.8) and result.correlation is None
+    assert [json.loads(l)["score"] for l in (tmp_path / "s.jsonl").read_text().splitlines()] == pytest.approx([0.8, 0.8])
+    back = MonitorResult.load(result.save(tmp_path / "res"))
+    assert back == result and monitor_viz.figures(back) == {}
 
 
 def _hf_last_prompt_projection(model, vector, layer, messages_list):
     """Independent: plain transformers, our own chat-template tokenization, hidden_states[l+1]."""
-    from persona_lens.models import native
+    from persona_lens.native import native
 
     tok = model.tokenizer
     u = (vector.layer(layer) / vector.layer(layer).norm()).double()
@@ -105,7 +121,7 @@ def test_monitor_auroc_pos_vs_neg_system_prompts(default_model, humorous_extract
         assert aurocs[i] >= 0.8, aurocs
 
 
-class LengthJudge:
+class LengthJudge(PromptJudge):
     """A deterministic stand-in judge: the 'trait score' is the judge prompt's length in words (mod 100)."""
 
     name = "length-judge"
@@ -113,12 +129,9 @@ class LengthJudge:
     def __init__(self):
         self.prompts = []
 
-    def score_many(self, prompts, progress=False):
-        self.prompts.extend(prompts)
-        out = []
-        for p in prompts:
-            out.append(None if "SKIP" in p else float(len(p.split()) % 100))
-        return out
+    def score(self, prompt):
+        self.prompts.append(prompt)
+        return None if "SKIP" in prompt else float(len(prompt.split()) % 100)
 
 
 @pytest.mark.slow
@@ -131,8 +144,9 @@ def test_monitor_file_streams_with_judge(default_model, humorous_extraction, tmp
     inp.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "scores.jsonl"
     judge = LengthJudge()
-    summary = monitor_file(default_model, vec, HUMOROUS_LAYER, inp, out, judge=judge, spec=spec, max_new_tokens=8,
-                           chunk_size=4, batch_size=4, progress=False)
+    config = MonitorConfig(prompts=str(inp), out=str(out), layer=HUMOROUS_LAYER, max_new_tokens=8, chunk_size=4,
+                           batch_size=4)
+    summary = monitor.run(default_model, config, vector=vec, judge=judge, spec=spec, progress=False)
     got = [json.loads(l) for l in out.read_text().splitlines()]
     assert len(got) == 6 and all("score" in r for r in got)
     assert got[5]["response"] == "SKIP ok"  # the row's own assistant turn is used, not generated
@@ -145,9 +159,10 @@ def test_monitor_file_streams_with_judge(default_model, humorous_extraction, tmp
     assert summary.correlation["n"] == 5 and summary.correlation["n_unscored"] == 1
     assert summary.correlation["r"] == pytest.approx(np.corrcoef(*zip(*pairs))[0, 1], abs=1e-9)
     assert spec.eval_questions[0] in judge.prompts[0]  # the spec's eval prompt carries the question
-    assert summary.figure and (tmp_path / "scores.scatter.html").exists()
-    saved = json.loads((tmp_path / "scores.summary.json").read_text())
-    assert saved["n"] == 6 and saved["judge"] == "length-judge"
+    assert sorted(zip(*summary.scatter.values())) == sorted(pairs)
+    assert set(monitor_viz.figures(summary)) == {"scatter"}
+    saved = MonitorResult.load(summary.save(tmp_path / "result"))
+    assert saved.n == 6 and saved.judge == "length-judge" and saved.config == config
 
 
 @pytest.mark.slow
@@ -159,10 +174,100 @@ def test_cli_monitor(default_model, humorous_extraction, tmp_path, monkeypatch):
     inp = tmp_path / "p.jsonl"
     rows = [{"system": spec.instruction[3].pos, "prompt": "Why do cats purr?"}, {"prompt": "Why do cats purr?"}]
     inp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    monkeypatch.setattr("persona_lens.cli.analysis._load", lambda name, args: default_model)
+    monkeypatch.setattr("persona_lens.models.load_model", lambda *a, **k: default_model)
     out = tmp_path / "s.jsonl"
     assert main(["monitor", str(inp), "--vector", str(vpath), "--layer", str(HUMOROUS_LAYER), "--out", str(out),
                  "--chunk-size", "1"]) == 0
     got = [json.loads(l) for l in out.read_text().splitlines()]
     assert [r["prompt"] for r in got] == ["Why do cats purr?"] * 2
     assert got[0]["score"] > got[1]["score"]  # the humorous system prompt raises the score
+
+
+# ------------------------------------------------------------------------ monitor + embedding judge (offline)
+
+FUNNY_ANSWERS = [
+    "Ha! Taxes are like a surprise party where you pay for everyone else's cake.",
+    "Exercise is great, especially the part where you lie on the floor afterwards and question life. LOL!",
+    "My plants and I have a deal: I forget to water them, they dramatically faint. Oscar-worthy!",
+    "Coffee: because adulting is hard and naps are frowned upon at work. Ha!",
+    "The secret to cooking is confidence and a fire extinguisher within arm's reach. Bon appetit!",
+    "Cats are tiny furry landlords who let you live in their house if you pay rent in tuna. Meow!",
+]
+PLAIN_ANSWERS = [
+    "Taxes are calculated from taxable income using the brackets set by law.",
+    "Regular exercise improves cardiovascular fitness, strength and sleep quality.",
+    "Water plants when the top centimetre of soil is dry and provide indirect light.",
+    "Coffee contains caffeine, which increases alertness for several hours.",
+    "Good cooking starts with fresh ingredients, accurate measurement and controlled heat.",
+    "Cats need a balanced diet, fresh water, and regular veterinary checkups.",
+]
+
+
+def _offline_monitor(monkeypatch, tmp_path, rows):
+    """monitor.run on a fake 3-layer model: capture and generation are scripted, the judge is real."""
+    from persona_lens.personas import InstructionPair, PersonaSpec
+
+    def fake_capture(model, prompts, responses, *, layers, reductions, **kw):
+        return Captured(list(layers), {"last_prompt": torch.arange(len(prompts) * 2.0).reshape(-1, 1, 2)})
+
+    calls = []
+
+    def fake_generate(model, prompts, **kw):
+        calls.append(prompts)
+        out = []
+        for p in prompts:
+            system = p[0]["content"] if isinstance(p, list) and p[0]["role"] == "system" else ""
+            i = len(calls) + len(out)
+            out.append(FUNNY_ANSWERS[i % 6] if system == "Be very funny." else PLAIN_ANSWERS[i % 6])
+        return out
+
+    monkeypatch.setattr("persona_lens.analysis.monitor.capture", fake_capture)
+    monkeypatch.setattr("persona_lens.analysis.monitor.generate", fake_generate)
+    spec = PersonaSpec(name="humorous", instruction=[InstructionPair("Be very funny.", "Be very serious.")],
+                       questions=["Why do cats purr?", "How do taxes work?", "How should I cook rice?"],
+                       eval_prompt="Rate how funny this is. Question: {question} Answer: {answer}")
+    v = PersonaVector(torch.tensor([[1.0, 0.0], [3.0, 4.0], [0.0, 1.0]]), {"persona": "humorous"})
+    inp = tmp_path / "prompts.jsonl"
+    inp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return spec, v, inp, calls
+
+
+def test_monitor_embedding_judge_scores_the_answer(monkeypatch, tmp_path):
+    """Bug: the fitted embedding judge scored the whole judge prompt (55.5) instead of the answer (62.1)."""
+    from persona_lens.judges.embedding import EmbeddingJudge
+
+    answers = [FUNNY_ANSWERS[0], PLAIN_ANSWERS[1]]
+    rows = [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
+            for q, a in zip(["How do taxes work?", "Is exercise good?"], answers)]
+    spec, v, inp, _ = _offline_monitor(monkeypatch, tmp_path, rows)
+    judge = EmbeddingJudge().fit(FUNNY_ANSWERS[1:] + PLAIN_ANSWERS[2:], [1] * 5 + [0] * 4)
+    expected = judge.score_texts(answers)  # the answer text alone
+    out = tmp_path / "scores.jsonl"
+    monitor.run(fake_model(), MonitorConfig(prompts=str(inp), out=str(out), layer=1), vector=v, judge=judge, spec=spec,
+                progress=False)
+    got = [json.loads(l)["trait_score"] for l in out.read_text().splitlines()]
+    assert got == pytest.approx(expected, abs=1e-4)
+
+
+def test_monitor_fits_an_unfitted_embedding_judge(monkeypatch, tmp_path):
+    """Bug: ``persona-lens monitor --judge embedding`` raised 'EmbeddingJudge is not fitted'."""
+    from persona_lens.judges.embedding import EmbeddingJudge
+
+    rows = [{"prompt": "Tell me about taxes."},
+            {"messages": [{"role": "user", "content": "Any tips?"}, {"role": "assistant", "content": FUNNY_ANSWERS[3]}]},
+            {"messages": [{"role": "user", "content": "Any facts?"}, {"role": "assistant", "content": PLAIN_ANSWERS[3]}]}]
+    spec, v, inp, calls = _offline_monitor(monkeypatch, tmp_path, rows)
+    judge = EmbeddingJudge()
+    out = tmp_path / "scores.jsonl"
+    summary = monitor.run(fake_model(), MonitorConfig(prompts=str(inp), out=str(out), layer=1), vector=v, judge=judge,
+                          spec=spec, progress=False)
+    assert judge.is_fitted
+    # fitted like extract/sweep: the model's answers to the spec's questions under the pos and neg prompts
+    fit_prompts = [p for batch in calls for p in batch if isinstance(p, list) and p[0]["role"] == "system"]
+    systems = {p[0]["content"] for p in fit_prompts}
+    assert systems == {"Be very funny.", "Be very serious."}
+    assert {p[1]["content"] for p in fit_prompts} == set(spec.questions)
+    got = [json.loads(l) for l in out.read_text().splitlines()]
+    assert all(r["trait_score"] is not None for r in got) and summary.correlation["n"] == 3
+    assert summary.judge_fit["n_pos"] == 3 and summary.judge_fit["n_neg"] == 3
+    assert got[1]["trait_score"] > got[2]["trait_score"]  # the funny answer scores higher

@@ -94,7 +94,7 @@ def test_guard_blocks_non_loopback(no_network):
 
 @pytest.mark.slow
 def test_load_and_generate_offline(no_network):
-    from persona_lens.generate import generate
+    from persona_lens.generation import generate
     from persona_lens.models import load_model
 
     model = load_model("default", device="cpu")
@@ -106,7 +106,7 @@ def test_load_and_generate_offline(no_network):
 @pytest.mark.slow
 def test_cold_cache_dequantization_offline(no_network, tmp_path, monkeypatch):
     """First use on a fresh machine: GGUF -> dequantized cache, tokenizer included, offline."""
-    from persona_lens.generate import generate
+    from persona_lens.generation import generate
     from persona_lens.models import load_model
 
     monkeypatch.setenv("PERSONA_LENS_CACHE", str(tmp_path))

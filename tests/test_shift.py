@@ -5,10 +5,12 @@ import json
 import numpy as np
 import pytest
 import torch
-
-from persona_lens.analysis.shift import finetuning_shift, preventative_steering, shift_from_activations
-
 from conftest import HUMOROUS_LAYER
+
+from persona_lens import testing
+from persona_lens.analysis import shift
+from persona_lens.analysis.shift import ShiftConfig, ShiftResult, preventative_steering, shift_from_activations
+from persona_lens.viz import shift as shift_viz
 
 
 def test_shift_from_activations_by_hand():
@@ -25,13 +27,41 @@ def test_shift_from_activations_by_hand():
     np.testing.assert_allclose(s["finetuned_projection"], [3.5, 3.2])
 
 
+
+def test_shift_config_round_trip():
+    cfg = ShiftConfig(layers=(1, 2), position="last_prompt", responses_from="base", max_new_tokens=7)
+    assert ShiftConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    with pytest.raises(ValueError, match="position"):
+        ShiftConfig(position="prompt_mean")
+    with pytest.raises(ValueError, match="responses_from"):
+        ShiftConfig(responses_from="judge")
+
+
+def test_shift_run_on_tiny_models_and_save_load(tiny_model, tmp_path):
+    other = testing.tiny_model(seed=1)
+    vec = testing.tiny_vector(tiny_model)
+    prompts = ["Name a colour.", "Say hi."]
+    same = shift.run(tiny_model, ShiftConfig(max_new_tokens=3), finetuned=tiny_model, vector=vec, prompts=prompts,
+                     progress=False)
+    assert same.config.layers == (0, 1, 2) and same.n == 2 and len(same.responses) == 2
+    np.testing.assert_allclose(same.shift, 0.0, atol=1e-6)  # a model against itself
+    res = shift.run(tiny_model, ShiftConfig(layers=(2,), position="last_prompt"), finetuned=other, vector=vec,
+                    prompts=prompts, progress=False)
+    assert res.layers == [2] and res.responses == [] and res.settings["responses_from"] is None
+    np.testing.assert_allclose(res.shift, res.finetuned_projection - res.base_projection, atol=1e-9)
+    back = ShiftResult.load(res.save(tmp_path))
+    assert back.config == res.config and back.to_dict() == res.to_dict() and back.responses == res.responses
+    assert (tmp_path / "shift.csv").exists() and set(shift_viz.figures(back)) == {"shift"}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("native_mode", [True, False])
 def test_preventative_steering_adds_alpha_v_in_training_forward(default_model, humorous_extraction, native_mode):
     import contextlib
 
     from persona_lens.chat import prompt_ids
-    from persona_lens.models import decoder_layers, hf_causal_lm, native
+    from persona_lens.models import decoder_layers, hf_causal_lm
+    from persona_lens.native import native
 
     vec, _, _ = humorous_extraction
     layer, alpha = 5, 3.0
@@ -110,19 +140,19 @@ def test_finetuning_shift_positive_after_humorous_finetune(default_model, humoro
     ft = load_model(str(tmp_path / "ft"), device="cpu")
     layers = [4, 8, 12, HUMOROUS_LAYER, 20, 24]
     prompts = spec.eval_questions[:8]  # held-out questions
-    res = finetuning_shift(default_model, ft, vec, prompts, layers=layers, max_new_tokens=24, batch_size=8,
-                           progress=False)
+    res = shift.run(default_model, ShiftConfig(layers=tuple(layers), max_new_tokens=24, batch_size=8), finetuned=ft,
+                    vector=vec, prompts=prompts, progress=False)
     print("fine-tuning shift along humorous:", dict(zip(layers, np.round(res.shift, 3))), "losses", losses)
     print("fine-tuned responses:", res.responses[:2])
     assert res.at(HUMOROUS_LAYER) > 0
     assert res.settings["responses_from"] == "finetuned" and res.n == 8
     # sanity: a model against itself has zero shift, exactly
-    zero = finetuning_shift(default_model, default_model, vec, prompts[:3], layers=layers, position="last_prompt",
-                            progress=False)
+    zero = shift.run(default_model, ShiftConfig(layers=tuple(layers), position="last_prompt"), finetuned=default_model,
+                     vector=vec, prompts=prompts[:3], progress=False)
     np.testing.assert_allclose(zero.shift, 0.0, atol=1e-6)
-    paths = res.save(tmp_path / "out")
-    assert json.loads(paths["json"].read_text())["layers"] == layers
-    assert "layer,shift" in paths["csv"].read_text()
+    out = res.save(tmp_path / "out")
+    assert json.loads((out / "result.json").read_text())["layers"] == layers
+    assert "layer,shift" in (out / "shift.csv").read_text()
 
 
 @pytest.mark.slow
@@ -132,11 +162,11 @@ def test_cli_shift(default_model, humorous_extraction, tmp_path, monkeypatch, ca
 
     vec, _, _ = humorous_extraction
     vpath = vec.save(tmp_path / "h.safetensors")
-    monkeypatch.setattr("persona_lens.cli.analysis._load", lambda name, args: default_model)
+    monkeypatch.setattr("persona_lens.models.load_model", lambda *a, **k: default_model)
     out = tmp_path / "shift"
     assert main(["shift", "--base", "default", "--finetuned", "default", "--vector", str(vpath), "--persona",
                  "humorous", "--n", "2", "--responses-from", "base", "--max-new-tokens", "4", "--out", str(out)]) == 0
-    d = json.loads((out / "shift.json").read_text())
+    d = json.loads((out / "result.json").read_text())
     assert len(d["layers"]) == 30 and np.allclose(d["shift"], 0.0, atol=1e-6)
     assert d["settings"]["responses_from"] == "base" and d["settings"]["position"] == "response_mean"
     assert (out / "shift.html").exists()

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from persona_lens.errors import LayerOutOfRangeError, NonFiniteError, VectorShapeError
-from persona_lens.generate import generate_ids
+from persona_lens.generation import generate_ids
 from persona_lens.models import decoder_layers, hf_causal_lm
 from persona_lens.steering import Steering, steer
 from persona_lens.vectors import PersonaVector

@@ -1,54 +1,26 @@
-"""Layer sweep: statistics against sklearn / hand formulas, the recommendation rule, and a tiny real sweep."""
+"""Layer sweep: the recommendation rule, text coherence, and a tiny real sweep (its statistics: test_stats.py)."""
 
-import math
-import sys
+import importlib
+import json
 
-import numpy as np
 import pytest
 
+from persona_lens import testing
+from persona_lens.analysis import sweep
 from persona_lens.analysis.sweep import (
     DEFAULT_ALPHAS,
+    SweepConfig,
     SweepResult,
-    auroc,
-    cohens_d,
     default_sweep_layers,
     recommend,
     text_coherence,
 )
+from persona_lens.evals.creativity import read_sweep
+from persona_lens.models import model_id
+from persona_lens.personas import load_persona
+from persona_lens.viz import sweep as sweep_viz
 
-
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_auroc_matches_sklearn(seed):
-    from sklearn.metrics import roc_auc_score
-
-    rng = np.random.default_rng(seed)
-    pos = rng.normal(0.7, 1.0, size=37)
-    neg = rng.normal(0.0, 1.3, size=23)
-    # ties across the classes
-    pos[:5] = np.round(pos[:5])
-    neg[:5] = np.round(neg[:5])
-    y = np.r_[np.ones(len(pos)), np.zeros(len(neg))]
-    expected = roc_auc_score(y, np.r_[pos, neg])
-    assert auroc(pos, neg) == pytest.approx(expected, abs=1e-12)
-
-
-def test_auroc_edge_cases():
-    assert auroc([1, 2, 3], [0, -1]) == 1.0
-    assert auroc([0, -1], [1, 2, 3]) == 0.0
-    assert auroc([1, 1], [1, 1]) == 0.5
-    assert math.isnan(auroc([], [1.0]))
-    assert auroc([1.0, float("nan"), 2.0], [0.0]) == 1.0  # NaN ignored
-
-
-def test_cohens_d_hand_formula():
-    pos = np.array([2.0, 4.0, 6.0, 8.0])
-    neg = np.array([1.0, 2.0, 3.0])
-    n1, n2 = len(pos), len(neg)
-    s1, s2 = pos.var(ddof=1), neg.var(ddof=1)
-    pooled = math.sqrt(((n1 - 1) * s1 + (n2 - 1) * s2) / (n1 + n2 - 2))
-    assert cohens_d(pos, neg) == pytest.approx((pos.mean() - neg.mean()) / pooled)
-    assert cohens_d(neg, pos) == pytest.approx(-cohens_d(pos, neg))
-    assert math.isnan(cohens_d([1.0], [0.0, 1.0]))
+gen_module = importlib.import_module("persona_lens.generation")  # the package re-exports a function of that name
 
 
 def test_text_coherence_flags_degenerate_text():
@@ -114,7 +86,7 @@ def test_default_layers_and_alphas():
     assert 0.0 in DEFAULT_ALPHAS
 
 
-def test_sweep_result_figures_and_files(tmp_path):
+def _result():
     layers = [{"layer": l, "vector_norm": 1.0 + l, "resid_norm": 10.0 * (l + 1), "norm_ratio": (1.0 + l) / (10 * (l + 1)),
                "auroc": 0.5 + 0.1 * l, "cohens_d": 0.3 * l, "gap": 1.0} for l in range(4)]
     steering = []
@@ -123,20 +95,83 @@ def test_sweep_result_figures_and_files(tmp_path):
             steering.append({"layer": l, "alpha_value": a, "alpha": a * 10, "alpha_frac": a, "effect": a * l,
                              "coherence": 0.8 - a * l * 0.2, "passes_guard": True, "delta_trait": None,
                              "trait_score": None})
-    rec = recommend(layers, steering)
-    res = SweepResult(layers, steering, rec, {"persona": "x", "alphas": [0.0, 0.5], "alpha_mode": "fraction",
-                                              "readout_layer": 3, "n_heldout": 8})
-    files = res.save(tmp_path)
-    for name in ("sweep.json", "sweep_layers.csv", "sweep_steering.csv", "sweep_separation.html",
-                 "sweep_separation.json", "sweep_norms.html", "sweep_effect.html", "sweep_effect.csv",
-                 "sweep_coherence.html", "plotly.min.js"):
+    return SweepResult(SweepConfig(layers=(1, 2), alphas=(0.0, 0.5), readout_layer=3), layers, steering,
+                       recommend(layers, steering), settings={"persona": "x", "n_heldout": 8},
+                       generations=[{"key": "base:0", "response": "hi"}], heldout=[{"key": "pos:0", "response": "ha"}])
+
+
+def test_sweep_config_round_trip():
+    cfg = SweepConfig(layers=(4, 8), alphas=(0.0, 0.3), alpha_mode="raw", n_steer=None, readout_layer=6)
+    assert SweepConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    with pytest.raises(ValueError, match="alpha_mode"):
+        SweepConfig(alpha_mode="percent")
+
+
+def test_sweep_result_save_load_and_figures(tmp_path):
+    res = _result()
+    res.save(tmp_path)
+    files = sweep_viz.save_figures(res, tmp_path)
+    for name in ("config.json", "result.json", "sweep_layers.csv", "sweep_steering.csv", "generations.scored.jsonl",
+                 "heldout.scored.jsonl", "sweep_separation.html", "sweep_separation.json", "sweep_norms.html",
+                 "sweep_effect.html", "sweep_effect.csv", "sweep_coherence.html", "plotly.min.js"):
         assert (tmp_path / name).exists(), name
-    assert "sweep_trait" not in res.figures()
+    assert "sweep_trait" not in files
     back = SweepResult.load(tmp_path)
-    assert back.recommendation == res.to_dict()["recommendation"]
+    assert back.config == res.config and back.settings == res.settings
+    assert back.recommendation == res.to_dict()["recommendation"] and back.steering == res.steering
+    assert back.generations == res.generations and back.heldout == res.heldout
     assert back.recommended_layer == 2
     assert "Recommended layer: 2" in back.summary_text()
-    assert files["json"].endswith("sweep.json")
+    assert read_sweep(tmp_path) == (2, 5.0)  # the creativity eval reads the recommendation from the folder
+
+
+def _tiny_sweep(model, tmp_path, **changes):
+    spec = load_persona("creative_professional")
+    config = SweepConfig(layers=(1,), alphas=(0.0, 0.5), n_eval=2, n_steer=1, max_new_tokens=4, batch_size=8)
+    return sweep.run(model, config.replace(**changes), vector=testing.tiny_vector(model), spec=spec,
+                     resume_dir=tmp_path, progress=False)
+
+
+def _count_generated(monkeypatch) -> list[int]:
+    """Patches the sweep's generate to record how many rows each call generates."""
+    calls: list[int] = []
+    real = gen_module.generate_ids
+
+    def spy(model, prompts, **kw):
+        calls.append(len(prompts))
+        return real(model, prompts, **kw)
+
+    monkeypatch.setattr(gen_module, "generate_ids", spy)
+    return calls
+
+
+def test_sweep_run_on_tiny_model_resumes(tiny_model, tmp_path, monkeypatch):
+    res = _tiny_sweep(tiny_model, tmp_path)
+    assert res.config.layers == (1,) and res.config.alphas == (0.0, 0.5) and res.config.readout_layer is not None
+    assert len(res.layers) == 3 and {r["layer"] for r in res.steering} == {1}
+    assert len(res.heldout) == 4 and len(res.generations) == 2  # 2 questions x pos/neg; base + 1 steered
+    res.save(tmp_path / "out")
+    back = SweepResult.load(tmp_path / "out")
+    assert back.config == res.config and back.steering == json.loads(json.dumps(res.steering))
+    calls = _count_generated(monkeypatch)
+    again = _tiny_sweep(tiny_model, tmp_path)
+    assert calls == []  # every generation came from the resume stores
+    assert again.steering == res.steering
+
+
+def test_sweep_regenerates_for_another_model_or_max_new_tokens(tiny_model, tmp_path, monkeypatch):
+    """Stored rows are fingerprinted: another model (same id, other weights) or another
+    max_new_tokens must regenerate every text, never reuse the stale rows (regression: the old
+    resume cache keyed rows by model id and settings only)."""
+    _tiny_sweep(tiny_model, tmp_path)
+    calls = _count_generated(monkeypatch)
+    other = testing.tiny_model(seed=1)
+    assert model_id(other) == model_id(tiny_model)
+    _tiny_sweep(other, tmp_path)
+    assert sum(calls) == 6  # 4 held-out + 2 steering-grid texts
+    calls.clear()
+    _tiny_sweep(tiny_model, tmp_path, max_new_tokens=5)
+    assert sum(calls) == 6
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -152,7 +187,7 @@ def test_per_row_steering_capture_matches_scalar(default_model):
     """capture() must apply the position mask to the per-row copy of a steering (regression)."""
     import torch
 
-    from persona_lens.capture import capture
+    from persona_lens.activations import capture
     from persona_lens.models import d_model, n_layers
     from persona_lens.steering import Steering
     from persona_lens.vectors import PersonaVector
@@ -169,23 +204,20 @@ def test_per_row_steering_capture_matches_scalar(default_model):
 
 
 @pytest.mark.slow
-def test_layer_sweep_end_to_end_tiny(default_model, tmp_path):
+def test_layer_sweep_end_to_end_tiny(default_model, tmp_path, monkeypatch):
     """A real (tiny) sweep: every table column is there, the cache makes a rerun generate nothing."""
     import torch
 
     from persona_lens.models import d_model, n_layers
     from persona_lens.personas import load_persona
     from persona_lens.vectors import PersonaVector
-    from persona_lens.analysis import sweep as sweep_mod
-    from persona_lens.analysis.sweep import layer_sweep
 
     spec = load_persona("creative_professional")
     g = torch.Generator().manual_seed(0)
     v = PersonaVector(torch.randn(n_layers(default_model), d_model(default_model), generator=g),
                       {"persona": "random", "model_id": None})
-    kw = dict(layers=[4, 8], alphas=[0.0, 0.3], n_eval=2, n_steer=1, max_new_tokens=8, out_dir=tmp_path,
-              progress=False, figures=False)
-    res = layer_sweep(default_model, v, spec, **kw)
+    config = SweepConfig(layers=(4, 8), alphas=(0.0, 0.3), n_eval=2, n_steer=1, max_new_tokens=8)
+    res = sweep.run(default_model, config, vector=v, spec=spec, resume_dir=tmp_path, progress=False)
     assert len(res.layers) == n_layers(default_model)
     assert {r["layer"] for r in res.steering} == {4, 8}
     for key in ("vector_norm", "resid_norm", "norm_ratio", "auroc", "cohens_d", "auroc_last_prompt", "auroc_text"):
@@ -195,7 +227,7 @@ def test_layer_sweep_end_to_end_tiny(default_model, tmp_path):
     from sklearn.metrics import roc_auc_score
 
     from persona_lens.chat import prompt_ids, response_ids
-    from persona_lens.models import native
+    from persona_lens.native import native
 
     tok = default_model.tokenizer
     rows = [r for r in res.heldout if response_ids(tok, r["response"])]
@@ -214,24 +246,9 @@ def test_layer_sweep_end_to_end_tiny(default_model, tmp_path):
     row = next(r for r in res.steering if r["layer"] == 8 and r["alpha_frac"] == 0.3)
     assert row["alpha"] == pytest.approx(0.3 * res.layer_row(8)["resid_norm"] / float(v.norms()[8]), rel=1e-5)
     assert res.recommendation["layer"] in (4, 8)
-    assert (tmp_path / "sweep.json").exists() and (tmp_path / "generations.jsonl").exists()
+    assert (tmp_path / "generations.jsonl").exists() and (tmp_path / "heldout.jsonl").exists()
 
-    calls = []
-    original = sweep_mod._resumable_generate
-
-    def spy(*a, **k):
-        gen_mod = sys.modules["persona_lens.generate"]  # the module (the package re-exports the function)
-        real = gen_mod.generate
-        gen_mod.generate = lambda *x, **y: calls.append(1) or real(*x, **y)
-        try:
-            return original(*a, **k)
-        finally:
-            gen_mod.generate = real
-
-    sweep_mod._resumable_generate = spy
-    try:
-        again = layer_sweep(default_model, v, spec, **kw)
-    finally:
-        sweep_mod._resumable_generate = original
-    assert calls == []  # every generation came from the cache
+    calls = _count_generated(monkeypatch)
+    again = sweep.run(default_model, config, vector=v, spec=spec, resume_dir=tmp_path, progress=False)
+    assert calls == []  # every generation came from the resume stores
     assert again.steering == res.steering

@@ -10,6 +10,7 @@ import torch
 
 from persona_lens.errors import (
     LayerOutOfRangeError,
+    MissingLayerError,
     ModelMismatchError,
     NonFiniteError,
     VectorFileError,
@@ -165,7 +166,7 @@ def test_failing_pt_export_leaves_nothing(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, "save", broken)
     with pytest.raises(OSError):
-        _vec().to_pt(tmp_path / "v.pt")
+        _vec_with_edges().to_pt(tmp_path / "v.pt")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -210,22 +211,57 @@ def test_bad_vector_files(tmp_path):
 # --------------------------------------------------------------------------- Persona Vectors .pt
 
 
-def test_pt_export_import(tmp_path):
-    v = _vec(3)
+def _vec_with_edges(seed=3) -> PersonaVector:
+    g = torch.Generator().manual_seed(seed + 100)
+    v = _vec(seed)
+    return PersonaVector(v.vectors, v.metadata, embed_diff=torch.randn(D, generator=g),
+                         final_norm_diff=torch.randn(D, generator=g))
+
+
+def test_pt_export_rows(tmp_path):
+    """row 0 = embed_diff, row k = layer k - 1 (k < n), row n = final_norm_diff: never layer n - 1."""
+    v = _vec_with_edges()
     path = v.to_pt(tmp_path / "humorous_response_avg_diff.pt")
     raw = torch.load(path, weights_only=True)
     assert tuple(raw.shape) == (N_LAYERS + 1, D)
-    assert torch.equal(raw[0], torch.zeros(D))  # row 0 = embeddings
-    assert torch.equal(raw[1:], v.vectors)  # row l + 1 = layer l
-    w = PersonaVector.from_pt(path)
-    assert torch.equal(w.vectors, v.vectors)
-    assert w.name == "humorous" and w.metadata["source"] == "persona_vectors_pt"
-    # load() dispatches on the suffix; metadata overrides pass through from_pt
-    assert torch.equal(PersonaVector.load(path).vectors, v.vectors)
+    assert torch.equal(raw[0], v.embed_diff)
+    assert torch.equal(raw[1:N_LAYERS], v.vectors[: N_LAYERS - 1])
+    assert torch.equal(raw[N_LAYERS], v.final_norm_diff)
+
+
+def test_pt_export_without_edge_rows_is_a_named_error(tmp_path):
+    v = _vec(3)  # no embed_diff / final_norm_diff (an old file, a blend)
+    with pytest.raises(MissingLayerError, match="row 0 .*row 30"):
+        v.to_pt(tmp_path / "v.pt")
+    assert list(tmp_path.iterdir()) == []
+    raw = torch.load(v.to_pt(tmp_path / "v.pt", missing_rows="zeros"), weights_only=True)
+    assert torch.equal(raw[0], torch.zeros(D)) and torch.equal(raw[N_LAYERS], torch.zeros(D))
+    assert torch.equal(raw[1:N_LAYERS], v.vectors[: N_LAYERS - 1])
+    with pytest.raises(ValueError, match="missing_rows"):
+        v.to_pt(tmp_path / "w.pt", missing_rows="last_layer")
+
+
+def test_pt_import_maps_rows_back(tmp_path):
+    v = _vec_with_edges()
+    path = v.to_pt(tmp_path / "humorous_response_avg_diff.pt")
+    w = PersonaVector.load(path)  # load() dispatches on the suffix
+    assert w.name == "humorous" and w.metadata["source"] == "persona_vectors_pt" and w.n_layers == N_LAYERS
+    assert torch.equal(w.embed_diff, v.embed_diff) and torch.equal(w.final_norm_diff, v.final_norm_diff)
+    assert torch.equal(w.vectors[: N_LAYERS - 1], v.vectors[: N_LAYERS - 1])
+    assert w.missing_layers == [N_LAYERS - 1] and torch.isnan(w.vectors[N_LAYERS - 1]).all()
+    with pytest.raises(MissingLayerError):
+        w.layer(N_LAYERS - 1)
+    with pytest.raises(MissingLayerError):
+        w.unit(N_LAYERS - 1)
     assert PersonaVector.from_pt(path, model_id="m").model_id == "m"
-    # safetensors -> pt -> safetensors keeps the tensor bit for bit
-    back = PersonaVector.from_pt(path).save(tmp_path / "back.safetensors")
-    assert torch.equal(PersonaVector.load(back).vectors, v.vectors)
+    # pt -> safetensors -> pt keeps every row bit for bit, and the missing layer stays missing
+    back = PersonaVector.load(PersonaVector.from_pt(path).save(tmp_path / "back.safetensors"))
+    assert back.missing_layers == [N_LAYERS - 1]
+    assert torch.equal(back.pt_rows(), torch.load(path, weights_only=True))
+    # arithmetic keeps the bases apart: the missing layer stays missing, edge rows combine
+    s = back + v
+    assert s.missing_layers == [N_LAYERS - 1] and torch.equal(s.embed_diff, back.embed_diff + v.embed_diff)
+    assert (2 * back).missing_layers == [N_LAYERS - 1]
 
 
 def test_pt_import_upstream_layout(tmp_path):
@@ -235,10 +271,29 @@ def test_pt_import_upstream_layout(tmp_path):
     torch.save(full, path)
     v = PersonaVector.load(path)
     assert v.name == "evil" and v.n_layers == N_LAYERS
-    assert torch.equal(v.vectors, full[1:])
+    assert torch.equal(v.vectors[: N_LAYERS - 1], full[1:N_LAYERS]) and torch.equal(v.final_norm_diff, full[-1])
     # a dict holding one tensor is accepted
     torch.save({"vec": full}, tmp_path / "d.pt")
-    assert torch.equal(PersonaVector.load(tmp_path / "d.pt").vectors, full[1:])
+    assert torch.equal(PersonaVector.load(tmp_path / "d.pt").embed_diff, full[0])
+
+
+def test_edge_rows_in_safetensors(tmp_path):
+    from safetensors import safe_open
+
+    v = _vec_with_edges()
+    path = v.save(tmp_path / "v.safetensors")
+    with safe_open(str(path), framework="pt") as fh:
+        assert sorted(fh.keys()) == ["embed_diff", "final_norm_diff", "vectors"]
+    w = PersonaVector.load(path)
+    assert torch.equal(w.embed_diff, v.embed_diff) and torch.equal(w.final_norm_diff, v.final_norm_diff)
+    assert w.normalized().embed_diff.norm().item() == pytest.approx(1.0)
+    # an old file (vectors only) still loads, without edge rows
+    old = PersonaVector.load(_vec().save(tmp_path / "old.safetensors"))
+    assert old.embed_diff is None and old.final_norm_diff is None and old.missing_layers == []
+    with pytest.raises(VectorShapeError, match="embed_diff"):
+        PersonaVector(v.vectors, embed_diff=torch.zeros(D + 1))
+    with pytest.raises(NonFiniteError, match="final_norm_diff"):
+        PersonaVector(v.vectors, final_norm_diff=torch.full((D,), float("nan")))
 
 
 def test_bad_pt_files(tmp_path):

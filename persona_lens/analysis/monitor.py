@@ -5,9 +5,12 @@ The monitor score of a prompt is the last prompt token's ``blocks.{layer}.hook_r
 
     score = h_last_prompt[layer] . v[layer] / ||v[layer]||
 
-:func:`monitor_file` streams a JSONL file in chunks and adds ``score`` to each row; with a
-judge it also generates the response (or uses the row's assistant turn), judges trait
-expression, and reports the Pearson correlation between monitor score and trait score.
+``run(model, MonitorConfig(prompts=..., out=..., layer=...), vector=v) -> MonitorResult`` (the
+pattern of :mod:`persona_lens.analysis.base`) streams a JSONL file in chunks and writes each row
+with its ``score`` to ``config.out``; with a judge it also generates the response (or uses the
+row's assistant turn), judges trait expression, and reports the Pearson correlation between
+monitor score and trait score. The result holds the numbers (and a bounded sample of the
+(score, trait score) pairs for :func:`persona_lens.viz.monitor.figures`).
 """
 
 from __future__ import annotations
@@ -16,18 +19,26 @@ import json
 import math
 import os
 import random
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
+from tqdm.auto import tqdm
 
-from ..capture import capture
+from ..activations import capture
 from ..chat import Messages, as_messages
-from ..io import atomic_write, atomic_write_json, iter_jsonl
+from ..errors import JudgeError
+from ..generation import generate
+from ..io import atomic_write, iter_jsonl
+from ..judges import Fittable, TraitScorer, needs_fit
 from ..models import check_layer
+from ..stats import RunningStats, pearson
 from ..vectors import PersonaVector
+from .base import AnalysisConfig, AnalysisResult
 from .projection import row_prompt, unit_directions
+
+__all__ = ["MonitorConfig", "MonitorResult", "RunningStats", "fit_judge", "iter_chunks", "monitor_scores", "pearson",
+           "run"]
 
 
 def monitor_scores(
@@ -48,89 +59,6 @@ def monitor_scores(
                   progress=progress, desc="monitor")
     u = unit_directions(vector, [layer])[0].double()
     return (cap.at("last_prompt", layer).double() @ u).numpy()
-
-
-# --------------------------------------------------------------------------- streaming statistics
-
-
-class RunningStats:
-    """Mean / variance / min / max (Welford), plus the co-moment of a second variable."""
-
-    def __init__(self) -> None:
-        self.n = 0
-        self.mean = 0.0
-        self.m2 = 0.0
-        self.min = math.inf
-        self.max = -math.inf
-
-    def add(self, x: float) -> None:
-        self.n += 1
-        d = x - self.mean
-        self.mean += d / self.n
-        self.m2 += d * (x - self.mean)
-        self.min = min(self.min, x)
-        self.max = max(self.max, x)
-
-    def update(self, xs: Iterable[float]) -> None:
-        for x in xs:
-            self.add(float(x))
-
-    @property
-    def std(self) -> float:
-        return math.sqrt(self.m2 / self.n) if self.n else float("nan")
-
-    def to_dict(self) -> dict:
-        if not self.n:
-            return {"n": 0, "mean": None, "std": None, "min": None, "max": None}
-        return {"n": self.n, "mean": self.mean, "std": self.std, "min": self.min, "max": self.max}
-
-
-class RunningPearson:
-    """Streaming Pearson r over (x, y) pairs (numerically stable co-moment update)."""
-
-    def __init__(self) -> None:
-        self.n = 0
-        self.mx = self.my = 0.0
-        self.sxx = self.syy = self.sxy = 0.0
-
-    def add(self, x: float, y: float) -> None:
-        self.n += 1
-        dx = x - self.mx
-        self.mx += dx / self.n
-        dy = y - self.my
-        self.my += dy / self.n
-        self.sxx += dx * (x - self.mx)
-        self.syy += dy * (y - self.my)
-        self.sxy += dx * (y - self.my)
-
-    @property
-    def r(self) -> float | None:
-        if self.n < 2 or self.sxx <= 0 or self.syy <= 0:
-            return None
-        return self.sxy / math.sqrt(self.sxx * self.syy)
-
-
-def pearson(x: Sequence[float], y: Sequence[float]) -> dict:
-    """Pearson r of paired values, skipping pairs with a None/NaN; p-value when scipy is present."""
-    pairs = [(float(a), float(b)) for a, b in zip(x, y)
-             if a is not None and b is not None and math.isfinite(float(a)) and math.isfinite(float(b))]
-    acc = RunningPearson()
-    for a, b in pairs:
-        acc.add(a, b)
-    return {"r": acc.r, "n": acc.n, "p_value": _p_value(acc.r, acc.n)}
-
-
-def _p_value(r: float | None, n: int) -> float | None:
-    if r is None or n < 3:
-        return None
-    try:
-        from scipy import stats
-    except ImportError:  # pragma: no cover
-        return None
-    if abs(r) >= 1.0:
-        return 0.0
-    t = r * math.sqrt((n - 2) / (1 - r * r))
-    return float(2 * stats.t.sf(abs(t), n - 2))
 
 
 # --------------------------------------------------------------------------- files
@@ -159,127 +87,156 @@ def _given_response(row: dict) -> str | None:
     return row.get("response")
 
 
-@dataclass
-class MonitorSummary:
-    n: int
+def fit_judge(judge: Fittable, model, spec, *, n_questions: int = 8, max_new_tokens: int = 128,
+              batch_size: int = 8) -> dict:
+    """Fit a judge that learns from examples (the embedding proxy) the way extract and sweep do:
+    on the model's own greedy answers to the spec's questions under the positive (label 1) and
+    the negative (label 0) system prompt. Question ``i`` (of the first ``n_questions`` extraction
+    questions) uses instruction pair ``i mod n_pairs``; empty answers are left out."""
+    prompts, labels = [], []
+    for i, question in enumerate(list(spec.questions)[:n_questions]):
+        pair = spec.instruction[i % len(spec.instruction)]
+        for label, system in ((1, pair.pos), (0, pair.neg)):
+            prompts.append([{"role": "system", "content": system}, {"role": "user", "content": question}])
+            labels.append(label)
+    texts = generate(model, prompts, max_new_tokens=max_new_tokens, temperature=0.0, batch_size=batch_size,
+                     progress=False)
+    keep = [i for i, t in enumerate(texts) if t.strip()]
+    judge.fit([texts[i] for i in keep], [labels[i] for i in keep])
+    return {"source": "greedy answers to the spec's questions under its pos/neg system prompts",
+            "n_pos": sum(labels[i] for i in keep), "n_neg": sum(1 - labels[i] for i in keep)}
+
+
+@dataclass(frozen=True)
+class MonitorConfig(AnalysisConfig):
+    """``prompts``: the input JSONL (rows with ``messages``, or ``system`` + ``prompt``);
+    ``out``: the output JSONL (the input rows + ``score``, and with a judge ``response`` and
+    ``trait_score``); ``layer``: where the last prompt token is read. ``generate_responses``
+    (None: when judging) generates greedy answers of ``max_new_tokens`` for rows without their
+    own; ``max_scatter_points``: the size of the (score, trait score) sample kept for figures."""
+
+    name = "monitor"
+    prompts: str
+    out: str
     layer: int
+    generate_responses: bool | None = None
+    max_new_tokens: int = 128
+    chunk_size: int = 256
+    batch_size: int = 8
+    max_scatter_points: int = 20_000
+
+
+@dataclass
+class MonitorResult(AnalysisResult):
+    """``score``/``trait_score``: count, mean, std (ddof=0), min, max; ``correlation``: Pearson r
+    of score vs trait score (:func:`persona_lens.stats.pearson`) plus ``n_unscored``;
+    ``scatter``: ``{"score": [...], "trait_score": [...]}``, a seeded reservoir sample of at most
+    ``max_scatter_points`` judged rows."""
+
+    config_type = MonitorConfig
+    config: MonitorConfig
+    n: int
     vector: str
     score: dict
-    out: str
     correlation: dict | None = None
     trait_score: dict | None = None
     judge: str | None = None
-    figure: str | None = None
-    extra: dict = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+    judge_fit: dict | None = None
+    persona: str | None = None
+    scatter: dict | None = None
 
 
-def monitor_file(
+class _Reservoir:
+    """A uniform sample of at most ``size`` (x, y) pairs of a stream (Algorithm R, seeded)."""
+
+    def __init__(self, size: int, seed: int = 0) -> None:
+        self.size, self.seen, self.rng = size, 0, random.Random(seed)
+        self.xs: list[float] = []
+        self.ys: list[float] = []
+
+    def add(self, x: float, y: float) -> None:
+        self.seen += 1
+        if len(self.xs) < self.size:
+            self.xs.append(x)
+            self.ys.append(y)
+            return
+        j = self.rng.randrange(self.seen)
+        if j < self.size:
+            self.xs[j], self.ys[j] = x, y
+
+
+def _responses(model, chunk: list[dict], prompts: list, config: MonitorConfig) -> list[str | None]:
+    """Each row's own answer, else a greedy one."""
+    responses = [_given_response(r) for r in chunk]
+    todo = [i for i, r in enumerate(responses) if r is None]
+    if todo:
+        texts = generate(model, [prompts[i] for i in todo], max_new_tokens=config.max_new_tokens,
+                         batch_size=config.batch_size, progress=False)
+        for i, text in zip(todo, texts):
+            responses[i] = text
+    return responses
+
+
+def run(
     model,
-    vector: PersonaVector,
-    layer: int,
-    prompts_path: str | os.PathLike,
-    out_path: str | os.PathLike,
+    config: MonitorConfig,
     *,
-    judge=None,
+    vector: PersonaVector,
+    judge: TraitScorer | None = None,
     spec=None,
-    generate_responses: bool | None = None,
-    max_new_tokens: int = 128,
-    chunk_size: int = 256,
-    batch_size: int = 8,
-    figure: bool = True,
     progress: bool = True,
-) -> MonitorSummary:
-    """Add ``score`` to every row of ``prompts_path`` (``messages`` or ``system`` + ``prompt``).
-
-    Streams in chunks of ``chunk_size`` rows and writes ``out_path`` atomically. With ``judge``
-    and ``spec`` (the persona spec whose ``eval_prompt`` the judge reads): each row also gets a
-    ``response`` (its own assistant turn / ``response`` field, else generated greedily with
-    ``max_new_tokens``) and ``trait_score``; the summary then holds the Pearson r between
-    ``score`` and ``trait_score`` and a scatter figure is written next to ``out_path``.
-    """
-    from tqdm.auto import tqdm
-
-    check_layer(model, layer)
+) -> MonitorResult:
+    """Score every row of ``config.prompts``, streamed in chunks of ``config.chunk_size``, into
+    ``config.out`` (written atomically). With ``judge`` and ``spec`` (the persona spec whose
+    ``eval_prompt`` the judge reads) each row also gets a ``response`` and a ``trait_score``, and
+    the result the Pearson r between ``score`` and ``trait_score``. A judge that must learn from
+    examples first (the embedding proxy) is fitted with :func:`fit_judge`."""
+    layer = check_layer(model, config.layer)
     vector.check_model(model)
     if judge is not None and spec is None:
         raise ValueError("scoring trait expression with a judge needs the persona spec (its eval prompt)")
-    do_judge = judge is not None
-    gen = do_judge if generate_responses is None else generate_responses
-    out_path = Path(out_path)
-    stats, corr, tstats = RunningStats(), RunningPearson(), RunningStats()
+    if judge is not None and not isinstance(judge, TraitScorer):
+        raise JudgeError(f"{judge!r} cannot score trait expression (no score_trait_many)")
+    judge_fit = fit_judge(judge, model, spec, max_new_tokens=config.max_new_tokens, batch_size=config.batch_size) \
+        if needs_fit(judge) else None
+    gen = judge is not None if config.generate_responses is None else config.generate_responses
+    stats, tstats = RunningStats(), RunningStats()
+    scored: tuple[list[float], list[float]] = ([], [])  # (score, trait_score) pairs for Pearson r
+    sample = _Reservoir(config.max_scatter_points)
     bar = tqdm(desc="monitor", unit="row", disable=not progress)
 
     def write(tmp: str) -> None:
         with open(tmp, "w", encoding="utf-8") as fh:
-            for chunk in iter_chunks(prompts_path, chunk_size):
+            for chunk in iter_chunks(config.prompts, config.chunk_size):
                 prompts = [row_prompt(r) for r in chunk]
-                scores = monitor_scores(model, vector, layer, prompts, batch_size=batch_size)
-                responses: list[str | None] = [None] * len(chunk)
-                if gen:
-                    responses = [_given_response(r) for r in chunk]
-                    todo = [i for i, r in enumerate(responses) if r is None]
-                    if todo:
-                        from ..generate import generate
-
-                        texts = generate(model, [prompts[i] for i in todo], max_new_tokens=max_new_tokens,
-                                         batch_size=batch_size, progress=False)
-                        for i, t in zip(todo, texts):
-                            responses[i] = t
+                scores = monitor_scores(model, vector, layer, prompts, batch_size=config.batch_size)
+                stats.update(scores)
+                responses = _responses(model, chunk, prompts, config) if gen else [None] * len(chunk)
                 trait: list[float | None] = [None] * len(chunk)
-                if do_judge:
-                    jp = [spec.format_eval_prompt(_question(as_messages(p)), r or "") for p, r in zip(prompts, responses)]
-                    trait = list(judge.score_many(jp))
+                if judge is not None:
+                    qa = [(_question(as_messages(p)), r or "") for p, r in zip(prompts, responses)]
+                    trait = list(judge.score_trait_many(spec, qa))
                 for row, s, resp, t in zip(chunk, scores, responses, trait):
-                    out = dict(row)
-                    out["score"] = float(s)
-                    stats.add(float(s))
+                    out = {**row, "score": float(s)}
                     if gen:
                         out["response"] = resp
-                    if do_judge:
+                    if judge is not None:
                         out["trait_score"] = None if t is None else float(t)
                         if t is not None and math.isfinite(float(t)):
-                            corr.add(float(s), float(t))
+                            scored[0].append(float(s))
+                            scored[1].append(float(t))
                             tstats.add(float(t))
+                            sample.add(float(s), float(t))
                     fh.write(json.dumps(out, ensure_ascii=False) + "\n")
                 bar.update(len(chunk))
 
-    atomic_write(out_path, write)
+    atomic_write(config.out, write)
     bar.close()
-    summary = MonitorSummary(n=stats.n, layer=layer, vector=vector.name, score=stats.to_dict(), out=str(out_path))
-    if do_judge:
-        summary.judge = getattr(judge, "name", type(judge).__name__)
-        summary.trait_score = tstats.to_dict()
-        summary.correlation = {"r": corr.r, "n": corr.n, "p_value": _p_value(corr.r, corr.n),
-                               "n_unscored": stats.n - corr.n}
-        if figure and corr.n:
-            from ..plots_analysis import monitor_scatter_figure, save_figure
-
-            xs, ys = _scatter_points(out_path, chunk_size)
-            fig = monitor_scatter_figure(xs, ys, r=corr.r, persona=spec.name, layer=layer)
-            summary.figure = str(save_figure(fig, out_path.with_suffix("").with_name(out_path.stem + ".scatter")))
-    atomic_write_json(out_path.with_name(out_path.stem + ".summary.json"), summary.to_dict())
-    return summary
-
-
-def _scatter_points(path: Path, chunk_size: int, max_points: int = 20_000, seed: int = 0):
-    """(score, trait_score) pairs read back in chunks; a reservoir sample beyond ``max_points``."""
-    rng = random.Random(seed)
-    xs: list[float] = []
-    ys: list[float] = []
-    seen = 0
-    for chunk in iter_chunks(path, chunk_size):
-        for r in chunk:
-            if r.get("trait_score") is None:
-                continue
-            seen += 1
-            if len(xs) < max_points:
-                xs.append(r["score"])
-                ys.append(r["trait_score"])
-            else:
-                j = rng.randrange(seen)
-                if j < max_points:
-                    xs[j], ys[j] = r["score"], r["trait_score"]
-    return xs, ys
+    result = MonitorResult(config=config, n=stats.n, vector=vector.name, score=stats.to_dict())
+    if judge is not None:
+        corr = pearson(*scored)
+        result.judge, result.judge_fit, result.persona = judge.name, judge_fit, spec.name
+        result.trait_score = tstats.to_dict()
+        result.correlation = {**corr, "n_unscored": stats.n - corr["n"]}
+        result.scatter = {"score": sample.xs, "trait_score": sample.ys}
+    return result

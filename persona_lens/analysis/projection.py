@@ -4,13 +4,14 @@ For a task set (a list of prompts) and persona vectors ``v_1..v_k``, the activat
 
 * ``none``          - the plain prompt, unsteered (the reference ``a_original``);
 * ``multi_role``    - one system prompt naming every persona (single-agent multi-role prompting,
-                      :func:`multi_role_system_prompt`), unsteered;
+                      :func:`persona_lens.personas.billy.multi_role_system_prompt`, the creativity
+                      eval's ``mrp`` prompt), unsteered;
 * ``steer:<name>``  - steering with each single persona vector (``alpha * v_i`` at ``layer``);
 * ``merged``        - steering with the merged vector (given, or BILLY's plain mean of the raw
                       vectors, :func:`persona_lens.blend.blend`)
 
 are compared. Each condition generates its own response (greedy, the same ``max_new_tokens``);
-then :func:`persona_lens.capture.capture` reads, *with the same steering active*, the
+then :func:`persona_lens.activations.capture` reads, *with the same steering active*, the
 ``last_prompt`` and ``response_mean`` activations at every layer. Per prompt and layer
 ``delta = a_condition - a_none``; its projection on each persona's unit vector
 ``v_i[l] / ||v_i[l]||`` is averaged over prompts (``mean``; ``std`` is the population standard
@@ -18,6 +19,10 @@ deviation, ddof=0, over the same prompts). For ``response_mean`` the conditions'
 differ: that is the paper's setting (activations of what the model itself produced). A prompt
 whose response (in the condition or in ``none``) has zero tokens is left out of that
 condition's ``response_mean`` statistics (``n_valid`` records how many were used).
+
+``run(model, ProjectionConfig(layer=..., alpha=...), vectors=[...], prompts=[...]) ->
+ProjectionResult`` (the pattern of :mod:`persona_lens.analysis.base`); figures:
+:func:`persona_lens.viz.projection.figures`.
 """
 
 from __future__ import annotations
@@ -26,20 +31,26 @@ import csv
 import io as _io
 import json
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from ..capture import capture
+from ..activations import capture
+from ..blend import blend
 from ..chat import Messages, as_messages
-from ..io import atomic_write_json, atomic_write_text
-from ..models import check_layer, model_id as _model_id, n_layers
+from ..generation import generate
+from ..io import atomic_write_json, atomic_write_text, iter_jsonl
+from ..models import check_layer, model_id, n_layers
+from ..personas.billy import multi_role_system_prompt
+from ..positions import Positions
 from ..steering import Steering
 from ..vectors import PersonaVector, check_compatible
+from .base import AnalysisConfig, AnalysisResult
 
 POSITIONS = ("last_prompt", "response_mean")
 
@@ -54,37 +65,6 @@ AUT_OBJECTS = ("brick", "paperclip", "fork", "shoe", "car tire", "newspaper", "b
 
 
 # --------------------------------------------------------------------------- prompts
-
-
-def _title(name: str) -> str:
-    return name.replace("_", " ").replace("-", " ").strip().title()
-
-
-def multi_role_system_prompt(names: Sequence[str], descriptions: Mapping[str, str] | None = None) -> str:
-    """One system prompt in which a single assistant plays every persona at once (SA-MRP).
-
-    Repeated names appear once. Each role is described by ``descriptions[name]`` when given,
-    else by the first positive instruction of the built-in (or file) persona of that name,
-    else by its name alone.
-    """
-    unique = list(dict.fromkeys(names))
-    if not unique:
-        raise ValueError("multi_role_system_prompt needs at least one persona name")
-    lines = []
-    for name in unique:
-        desc = (descriptions or {}).get(name)
-        if desc is None:
-            try:
-                from ..personas import load_persona
-
-                desc = load_persona(name).instruction[0].pos
-            except Exception:
-                desc = None
-        lines.append(f"- {_title(name)}: {desc}" if desc else f"- {_title(name)}")
-    titles = [_title(n) for n in unique]
-    joined = titles[0] if len(titles) == 1 else ", ".join(titles[:-1]) + " and " + titles[-1]
-    return (f"You are a single assistant who plays several roles at once: {joined}. "
-            "Write one answer that draws on all of these perspectives together.\n\n" + "\n".join(lines))
 
 
 def with_system(prompt: str | Messages, system: str) -> Messages:
@@ -110,8 +90,6 @@ def task_prompts(task: str | os.PathLike, n: int | None = None) -> list[str | Me
         if not path.exists():
             raise FileNotFoundError(f"task {task!r} is neither 'aut' nor an existing file")
         if path.suffix == ".jsonl":
-            from ..io import iter_jsonl
-
             prompts = [row_prompt(r) for r in iter_jsonl(path)]
         elif path.suffix == ".json":
             data = json.loads(path.read_text(encoding="utf-8"))
@@ -185,13 +163,37 @@ def project_deltas(
     return np.stack(means), np.stack(stds), np.asarray(counts)
 
 
-# --------------------------------------------------------------------------- result
+# --------------------------------------------------------------------------- config and result
+
+TABLE_FILE = "projection.csv"
+RESPONSES_FILE = "responses.json"
+
+
+@dataclass(frozen=True)
+class ProjectionConfig(AnalysisConfig):
+    """Steering ``alpha * v`` at ``layer`` (``positions``: the steering position mode used for
+    generation and capture); ``multi_role`` adds the multi-role prompting condition (its system
+    prompt: ``multi_role_prompt``, default :func:`multi_role_system_prompt` of the vectors'
+    names); greedy answers of ``max_new_tokens``; ``layers`` read (None: every layer; the result
+    holds them resolved)."""
+
+    name = "projection"
+    layer: int
+    alpha: float
+    multi_role: bool = True
+    multi_role_prompt: str | None = None
+    positions: Positions = "response"
+    max_new_tokens: int = 128
+    batch_size: int = 8
+    layers: tuple[int, ...] | None = None
 
 
 @dataclass
-class ProjectionResult:
+class ProjectionResult(AnalysisResult):
     """``mean[position]`` and ``std[position]`` are ``[condition, axis, layer]`` arrays."""
 
+    config_type = ProjectionConfig
+    config: ProjectionConfig
     conditions: list[str]
     axes: list[str]
     layers: list[int]
@@ -222,8 +224,8 @@ class ProjectionResult:
                                     "n": int(self.n_valid[pos][ci])})
         return out
 
-    def to_dict(self, include_responses: bool = False) -> dict:
-        d = {
+    def to_dict(self) -> dict[str, Any]:
+        return {
             "conditions": self.conditions, "axes": self.axes, "layers": self.layers,
             "positions": self.positions, "n_prompts": self.n_prompts,
             "mean": {p: a.tolist() for p, a in self.mean.items()},
@@ -231,10 +233,15 @@ class ProjectionResult:
             "n_valid": self.n_valid, "settings": self.settings,
             "shape": "[condition, axis, layer]",
         }
-        if include_responses:
-            d["prompts"] = self.prompts
-            d["responses"] = self.responses
-        return d
+
+    @classmethod
+    def from_dict(cls, config: AnalysisConfig, data: dict[str, Any]) -> ProjectionResult:
+        assert isinstance(config, ProjectionConfig)
+        return cls(config=config, conditions=list(data["conditions"]), axes=list(data["axes"]),
+                   layers=list(data["layers"]),
+                   mean={p: np.asarray(a, dtype=float) for p, a in data["mean"].items()},
+                   std={p: np.asarray(a, dtype=float) for p, a in data["std"].items()},
+                   n_valid=data["n_valid"], n_prompts=int(data["n_prompts"]), settings=data.get("settings", {}))
 
     def to_csv(self, path: str | os.PathLike | None = None) -> str:
         buf = _io.StringIO()
@@ -247,21 +254,30 @@ class ProjectionResult:
             atomic_write_text(path, text)
         return text
 
-    def save(self, out_dir: str | os.PathLike) -> dict[str, Path]:
-        out_dir = Path(out_dir)
-        paths = {"json": out_dir / "projection.json", "csv": out_dir / "projection.csv",
-                 "responses": out_dir / "responses.json"}
-        atomic_write_json(paths["json"], self.to_dict())
-        self.to_csv(paths["csv"])
-        atomic_write_json(paths["responses"], {"prompts": self.prompts, "responses": self.responses})
-        return paths
+    def save(self, directory: str | os.PathLike) -> Path:
+        """``config.json``, ``result.json``, ``projection.csv`` (one row per position x condition x
+        axis x layer) and ``responses.json`` (the prompts and each condition's answers)."""
+        out = super().save(directory)
+        self.to_csv(out / TABLE_FILE)
+        atomic_write_json(out / RESPONSES_FILE, {"prompts": self.prompts, "responses": self.responses})
+        return out
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> ProjectionResult:
+        result = super().load(directory)
+        path = Path(directory) / RESPONSES_FILE
+        if path.exists():
+            data = json.loads(path.read_text(encoding="utf-8"))
+            result.prompts, result.responses = data["prompts"], data["responses"]
+        return result
 
 
 # --------------------------------------------------------------------------- the analysis
 
 
 def _unique_axes(vectors: Sequence[PersonaVector]) -> tuple[list[str], list[PersonaVector]]:
-    names, vecs = [], []
+    names: list[str] = []
+    vecs: list[PersonaVector] = []
     for v in vectors:
         name = v.name
         if name in names:
@@ -276,75 +292,72 @@ def _unique_axes(vectors: Sequence[PersonaVector]) -> tuple[list[str], list[Pers
     return names, vecs
 
 
-def projection_analysis(
+def _conditions(config: ProjectionConfig, prompts: list[Messages], vectors: list[PersonaVector],
+                axis_names: list[str], axis_vecs: list[PersonaVector], merged: PersonaVector):
+    """``(name, prompts, steering vector or None)`` of every condition, ``none`` first; and the
+    multi-role system prompt (None without that condition)."""
+    mrp = None
+    conditions: list[tuple[str, list[Messages], PersonaVector | None]] = [("none", prompts, None)]
+    if config.multi_role:
+        mrp = multi_role_system_prompt([v.name for v in vectors]) if config.multi_role_prompt is None \
+            else config.multi_role_prompt
+        conditions.append(("multi_role", [with_system(p, mrp) for p in prompts], None))
+    for name, v in zip(axis_names, axis_vecs):
+        conditions.append((f"steer:{name}", prompts, v))
+    conditions.append(("merged", prompts, merged))
+    return conditions, mrp
+
+
+def run(
     model,
+    config: ProjectionConfig,
+    *,
     vectors: Sequence[PersonaVector],
     prompts: Sequence[str | Messages],
-    *,
-    layer: int,
-    alpha: float,
     merged: PersonaVector | None = None,
-    multi_role: bool = True,
-    multi_role_prompt: str | None = None,
-    positions: str = "response",
-    max_new_tokens: int = 128,
-    batch_size: int = 8,
-    layers: Sequence[int] | None = None,
     progress: bool = True,
 ) -> ProjectionResult:
     """BILLY's projection analysis (module docstring): ``Δa`` projected on each persona axis.
 
     ``merged`` defaults to ``blend(vectors, "mean")`` (repeats in ``vectors`` count, as in
-    BILLY). ``positions`` is the steering position mode used for generation and capture.
+    BILLY).
     """
-    from ..blend import blend
-    from ..generate import generate
-
     vectors = list(vectors)
     if not vectors:
         raise ValueError("projection analysis needs at least one persona vector")
-    prompts = [as_messages(p) for p in prompts]
-    if not prompts:
+    messages = [as_messages(p) for p in prompts]
+    if not messages:
         raise ValueError("projection analysis needs at least one prompt")
     check_compatible(vectors + ([merged] if merged is not None else []))
     for v in vectors:
         v.check_model(model)
-    check_layer(model, layer)
+    layer, alpha = check_layer(model, config.layer), float(config.alpha)
     if merged is None:
         merged = blend(vectors, "mean")
     merged.check_model(model)
-    layers = list(range(n_layers(model))) if layers is None else sorted({check_layer(model, l) for l in layers})
+    layers = list(range(n_layers(model))) if config.layers is None \
+        else sorted({check_layer(model, l) for l in config.layers})
+    config = config.replace(layers=tuple(layers))
     axis_names, axis_vecs = _unique_axes(vectors)
-
-    mrp = None
-    conditions: list[tuple[str, list[Messages], PersonaVector | None]] = [("none", prompts, None)]
-    if multi_role:
-        mrp = multi_role_system_prompt([v.name for v in vectors]) if multi_role_prompt is None else multi_role_prompt
-        conditions.append(("multi_role", [with_system(p, mrp) for p in prompts], None))
-    for name, v in zip(axis_names, axis_vecs):
-        conditions.append((f"steer:{name}", prompts, v))
-    conditions.append(("merged", prompts, merged))
+    conditions, mrp = _conditions(config, messages, vectors, axis_names, axis_vecs, merged)
 
     # Every condition x prompt in one batched pass, one steering vector per row.
     all_prompts = [p for _, ps, _ in conditions for p in ps]
     row_vecs = [v for _, ps, v in conditions for _ in ps]
-    steering = Steering.per_row(row_vecs, layer, float(alpha), positions)
-    texts = generate(model, all_prompts, max_new_tokens=max_new_tokens, temperature=0.0, batch_size=batch_size,
-                     steering=steering, progress=progress, desc="projection: generate")
-    cap_lp = capture(model, all_prompts, None, layers=layers, reductions=["last_prompt"], batch_size=batch_size,
-                     steering=steering, progress=progress, desc="projection: last_prompt")
-    lp = cap_lp["last_prompt"]
-    tok = model.tokenizer
-    nonempty = [i for i, t in enumerate(texts) if tok(t, add_special_tokens=False)["input_ids"]]
+    steering = Steering.per_row(row_vecs, layer, alpha, config.positions)
+    texts = generate(model, all_prompts, max_new_tokens=config.max_new_tokens, temperature=0.0,
+                     batch_size=config.batch_size, steering=steering, progress=progress, desc="projection: generate")
+    lp = capture(model, all_prompts, None, layers=layers, reductions=["last_prompt"], batch_size=config.batch_size,
+                 steering=steering, progress=progress, desc="projection: last_prompt")["last_prompt"]
+    nonempty = [i for i, t in enumerate(texts) if model.tokenizer(t, add_special_tokens=False)["input_ids"]]
     rm = torch.full_like(lp, float("nan"))
     if nonempty:
-        sub = Steering.per_row([row_vecs[i] for i in nonempty], layer, float(alpha), positions)
-        cap_rm = capture(model, [all_prompts[i] for i in nonempty], [texts[i] for i in nonempty], layers=layers,
-                         reductions=["response_mean"], batch_size=batch_size, steering=sub, progress=progress,
-                         desc="projection: response_mean")
-        rm[nonempty] = cap_rm["response_mean"]
+        sub = Steering.per_row([row_vecs[i] for i in nonempty], layer, alpha, config.positions)
+        rm[nonempty] = capture(model, [all_prompts[i] for i in nonempty], [texts[i] for i in nonempty], layers=layers,
+                               reductions=["response_mean"], batch_size=config.batch_size, steering=sub,
+                               progress=progress, desc="projection: response_mean")["response_mean"]
 
-    n = len(prompts)
+    n = len(messages)
     names = [c for c, _, _ in conditions]
     axes = torch.stack([v.vectors[layers] for v in axis_vecs])  # [A, L, d]
     mean, std, n_valid = {}, {}, {}
@@ -353,13 +366,13 @@ def projection_analysis(
         base = per_cond.pop("none")
         m, s, cnt = project_deltas(per_cond, base, axes)
         mean[pos], std[pos], n_valid[pos] = m, s, cnt.tolist()
-    responses = {c: texts[i * n:(i + 1) * n] for i, c in enumerate(names)}
     settings = {
-        "model_id": _model_id(model), "layer": layer, "alpha": float(alpha), "positions": positions,
-        "max_new_tokens": max_new_tokens, "decoding": "greedy", "multi_role_prompt": mrp,
+        "model_id": model_id(model), "layer": layer, "alpha": alpha, "positions": config.positions,
+        "max_new_tokens": config.max_new_tokens, "decoding": "greedy", "multi_role_prompt": mrp,
         "vectors": [v.name for v in vectors], "merged": merged.name,
         "merged_method": merged.metadata.get("blend_method"),
         "projection": "(a_condition - a_none) . v_i[l]/||v_i[l]||, mean/std (ddof=0) over prompts",
     }
-    return ProjectionResult(conditions=names[1:], axes=axis_names, layers=layers, mean=mean, std=std,
-                            n_valid=n_valid, n_prompts=n, settings=settings, prompts=prompts, responses=responses)
+    return ProjectionResult(config=config, conditions=names[1:], axes=axis_names, layers=layers, mean=mean, std=std,
+                            n_valid=n_valid, n_prompts=n, settings=settings, prompts=messages,
+                            responses={c: texts[i * n:(i + 1) * n] for i, c in enumerate(names)})

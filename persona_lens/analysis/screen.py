@@ -11,11 +11,16 @@ where ``h_t`` is the base model's ``blocks.{layer}.hook_resid_post`` on the toke
 response given the prompt (response-mean activation, then projected). Large positive ΔP flags
 a sample that pushes the model towards the trait more than its own answer would.
 
-:func:`screen_file` streams: rows are read and processed in chunks (default 256); only running
-statistics, a top-K heap and a bounded window of the base-response cache are held in memory.
-Base responses are generated once and cached in a JSONL file keyed by a hash of the prompt
-messages (:func:`base_cache_key`), appended per chunk, so an interrupted run resumes without
-regenerating. The output is written to a temporary file and renamed at the end (atomic).
+``run(model, ScreenConfig(data=..., out=..., layer=...), vector=v) -> ScreenResult`` (the
+pattern of :mod:`persona_lens.analysis.base`) streams: rows are read and processed in chunks
+(default 256); only running statistics, a top-K heap and a bounded window of the base-response
+cache are held in memory. Base responses are generated once and kept in a resumable JSONL
+store (:class:`persona_lens.runs.store.ResumeStore` in its windowed, low-memory mode) keyed by
+a hash of the prompt messages (:func:`base_cache_key`) and fingerprinted by the model's weights
+and the decoding settings (:func:`base_response_fingerprint`), appended per chunk, so an
+interrupted run resumes without regenerating; rows from another model or another
+``max_new_tokens`` are stale: never reused, generated again. The scored rows are written to a
+temporary file and renamed at the end (atomic).
 """
 
 from __future__ import annotations
@@ -23,26 +28,34 @@ from __future__ import annotations
 import hashlib
 import heapq
 import json
-import logging
 import math
 import os
-from collections import OrderedDict
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
-from ..capture import capture
-from ..chat import Messages
-from ..io import JsonlAppender, atomic_write, atomic_write_json, atomic_write_text, iter_jsonl
+from ..activations import capture
+from ..chat import Messages, as_messages
+from ..generation import backend_generation
+from ..io import atomic_write, atomic_write_text, iter_jsonl, json_safe
 from ..models import check_layer
+from ..runs.fingerprint import model_fingerprint
+from ..runs.store import ResumeStore, decoding_fields, fingerprint
+from ..stats import RunningStats
 from ..vectors import PersonaVector
-from .monitor import RunningStats, iter_chunks
+from .base import AnalysisConfig, AnalysisResult
+from .monitor import iter_chunks
 from .projection import row_prompt, unit_directions
 
-log = logging.getLogger(__name__)
+__all__ = ["ScreenConfig", "ScreenResult", "base_cache_key", "base_response_fingerprint", "histogram_from_file",
+           "projection_diff", "response_projections", "run", "screen_demo_path", "training_row"]
+
+TOP_FILE = "top.jsonl"
 
 ProjectFn = Callable[[Sequence[Messages], Sequence[str]], np.ndarray]
 GenerateFn = Callable[[Sequence[Messages]], Sequence[str]]
@@ -67,10 +80,10 @@ def training_row(row: dict) -> tuple[Messages, str]:
         msgs = list(row["messages"])
         if not msgs or msgs[-1].get("role") != "assistant":
             raise ValueError(f"a 'messages' row must end with the assistant response: {row!r:.200}")
-        return row_prompt({"messages": msgs[:-1]}), msgs[-1]["content"]
+        return as_messages(row_prompt({"messages": msgs[:-1]})), msgs[-1]["content"]
     if "response" not in row:
         raise ValueError(f"row needs 'messages' or 'prompt' + 'response': {row!r:.200}")
-    return row_prompt(row), row["response"]
+    return as_messages(row_prompt(row)), row["response"]
 
 
 # --------------------------------------------------------------------------- projections
@@ -92,12 +105,14 @@ def response_projections(
     return out
 
 
-def _default_generate(model, max_new_tokens: int, batch_size: int) -> GenerateFn:
-    from ..generate import generate
+def _default_generate(model, max_new_tokens: int, batch_size: int, backend=None) -> GenerateFn:
+    """Greedy base responses by ``backend`` (a :class:`persona_lens.backends.GenerationBackend`
+    serving ``model``'s checkpoint; the HF path on ``model`` if None)."""
+    _, generate_ids = backend_generation(model, backend)
 
     def gen(prompts):
-        return generate(model, list(prompts), max_new_tokens=max_new_tokens, temperature=0.0,
-                        batch_size=batch_size, progress=False)
+        return [g.text for g in generate_ids(list(prompts), max_new_tokens=max_new_tokens, temperature=0.0, top_p=1.0,
+                                             seed=None, batch_size=batch_size, steering=None, progress=False)]
 
     return gen
 
@@ -115,114 +130,113 @@ def projection_diff(
 ) -> dict:
     """In-memory screening of a few rows: arrays ``projection``, ``base_projection``,
     ``projection_diff`` (NaN where a response is empty) and the ``base_responses`` used."""
-    from ..chat import as_messages
-
     check_layer(model, layer)
     vector.check_model(model)
-    prompts = [as_messages(p) for p in prompts]
-    if len(responses) != len(prompts):
-        raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+    messages = [as_messages(p) for p in prompts]
+    if len(responses) != len(messages):
+        raise ValueError(f"{len(messages)} prompts but {len(responses)} responses")
     if base_responses is None:
-        base_responses = list(_default_generate(model, max_new_tokens, batch_size)(prompts))
-    p = response_projections(model, vector, layer, prompts, responses, batch_size=batch_size)
-    b = response_projections(model, vector, layer, prompts, base_responses, batch_size=batch_size)
+        base_responses = list(_default_generate(model, max_new_tokens, batch_size)(messages))
+    p = response_projections(model, vector, layer, messages, responses, batch_size=batch_size)
+    b = response_projections(model, vector, layer, messages, base_responses, batch_size=batch_size)
     return {"projection": p, "base_projection": b, "projection_diff": p - b, "base_responses": list(base_responses)}
 
 
 # --------------------------------------------------------------------------- base-response cache
 
 
-class BaseResponseCache:
-    """The base model's responses, one JSONL row ``{key, model_id, max_new_tokens, response}``.
+def base_response_fields(model: str | None, max_new_tokens: int) -> dict:
+    """The fingerprint fields of base responses: ``model`` (its :func:`model_fingerprint`, or
+    the vector's model id for a custom ``generate_fn``) and greedy decoding with
+    ``max_new_tokens``. The prompt is the row's key."""
+    return {"model": model, **decoding_fields(max_new_tokens=max_new_tokens, temperature=0.0)}
 
-    Reads the file in lockstep with the data (a run writes it in the order it needs the keys,
-    so a rerun finds them in the same order): memory is a bounded window of rows, never the
-    whole file. A key read past and evicted from the window is simply generated again
-    (identical greedy output), so correctness never depends on the order. Rows written for
-    another model or another ``max_new_tokens`` are ignored.
-    """
 
-    def __init__(self, path: str | os.PathLike, model_id: str | None, max_new_tokens: int, window: int = 2048):
-        self.path = Path(path)
-        self.model_id = model_id
-        self.max_new_tokens = max_new_tokens
-        self.window: OrderedDict[str, str] = OrderedDict()
-        self.window_size = max(int(window), 1)
-        self.ignored = 0
-        self.hits = 0
-        self.generated = 0
-        self._reader: Iterator[dict] | None = iter_jsonl(self.path) if self.path.exists() else None
-        self._appender: JsonlAppender | None = None
+def base_response_fingerprint(model: str | None, max_new_tokens: int) -> str:
+    """The fingerprint of every base-response row (rows ``{key, fingerprint, response}``)."""
+    return fingerprint(**base_response_fields(model, max_new_tokens))
 
-    def _remember(self, key: str, response: str) -> None:
-        self.window[key] = response
-        self.window.move_to_end(key)
-        while len(self.window) > self.window_size:
-            self.window.popitem(last=False)
 
-    def get(self, key: str) -> str | None:
-        if key in self.window:
-            self.hits += 1
-            self.window.move_to_end(key)
-            return self.window[key]
-        while self._reader is not None:
-            try:
-                row = next(self._reader)
-            except StopIteration:
-                self._reader = None  # rows appended from now on are in the window already
-                break
-            if row.get("model_id") != self.model_id or row.get("max_new_tokens") != self.max_new_tokens:
-                self.ignored += 1
-                continue
-            self._remember(row["key"], row["response"])
-            if row["key"] == key:
-                self.hits += 1
-                return row["response"]
-        return None
-
-    def add(self, items: Sequence[tuple[str, str]]) -> None:
-        if not items:
-            return
-        if self._appender is None:
-            self._appender = JsonlAppender(self.path)
-        self._appender.write({"key": k, "model_id": self.model_id, "max_new_tokens": self.max_new_tokens,
-                              "response": r} for k, r in items)
-        self.generated += len(items)
-        for k, r in items:
-            self._remember(k, r)
-
-    def close(self) -> None:
-        if self._appender is not None:
-            self._appender.close()
-            self._appender = None
-        self._reader = None
+def base_response_store(path: str | os.PathLike, model: str | None, max_new_tokens: int,
+                        window: int = 2048) -> ResumeStore:
+    """The base-response cache: a windowed :class:`ResumeStore` keyed by ``key`` (a run writes
+    it in the order it needs the keys, so a rerun finds them in the same order)."""
+    return ResumeStore(path, ("key",), shared=base_response_fields(model, max_new_tokens), window=window)
 
 
 # --------------------------------------------------------------------------- streaming screen
 
 
+@dataclass(frozen=True)
+class ScreenConfig(AnalysisConfig):
+    """``data``: the training JSONL (rows with ``messages`` ending with the assistant response,
+    or ``prompt`` + ``response``); ``out``: the scored JSONL (every row plus ``projection``,
+    ``base_projection``, ``projection_diff``; ``null`` and a ``skipped`` reason where a response
+    is empty); ``base_cache``: the base-response store (None: ``<out>.base_cache.jsonl``);
+    ``top_k`` largest ΔP rows are kept; ``bins``: the histogram of ΔP."""
+
+    name = "screen"
+    data: str
+    out: str
+    layer: int
+    base_cache: str | None = None
+    top_k: int = 20
+    chunk_size: int = 256
+    max_new_tokens: int = 128
+    batch_size: int = 8
+    bins: int = 40
+
+    @property
+    def base_cache_path(self) -> Path:
+        if self.base_cache is not None:
+            return Path(self.base_cache)
+        out = Path(self.out)
+        return Path(f"{out.with_suffix('') if out.suffix == '.jsonl' else out}.base_cache.jsonl")
+
+
 @dataclass
-class ScreenSummary:
+class ScreenResult(AnalysisResult):
+    """``projection_diff``/``projection``/``base_projection``: count, mean, std (ddof=0), min,
+    max over the scored rows; ``top``: the ``top_k`` largest-ΔP rows, largest first (ties: the
+    earlier row), each the scored row plus ``index`` and ``base_response`` (``top.jsonl`` beside
+    ``result.json``); ``histogram``: fixed-bin counts of ΔP (``edges``, ``counts``); ``cache``:
+    base responses found in the store (``hits``) and ``generated``."""
+
+    config_type = ScreenConfig
+    config: ScreenConfig
     n: int
     n_scored: int
-    layer: int
     vector: str
     projection_diff: dict
     projection: dict
     base_projection: dict
     mean_projection_diff: float | None
     fraction_positive: float | None
-    top: list[dict]
     histogram: dict
-    out: str
-    top_path: str
-    base_cache: str
-    summary_path: str = ""
+    top: list[dict] = field(default_factory=list)
     cache: dict = field(default_factory=dict)
-    figure: str | None = None
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+    def to_dict(self) -> dict[str, Any]:
+        data = super().to_dict()
+        data["top"] = [{"index": r["index"], "projection_diff": r["projection_diff"]} for r in self.top]
+        return data
+
+    @classmethod
+    def from_dict(cls, config: AnalysisConfig, data: dict[str, Any]) -> ScreenResult:
+        return cls(config=config, **{**data, "top": []})  # type: ignore[arg-type]
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        """``config.json``, ``result.json`` and ``top.jsonl`` (the flagged rows in full)."""
+        out = super().save(directory)
+        atomic_write_text(out / TOP_FILE, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in json_safe(self.top)))
+        return out
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> ScreenResult:
+        result = super().load(directory)
+        if (Path(directory) / TOP_FILE).exists():
+            result.top = list(iter_jsonl(Path(directory) / TOP_FILE))
+        return result
 
 
 def _num(x: float) -> float | None:
@@ -245,121 +259,114 @@ def histogram_from_file(path: str | os.PathLike, key: str, lo: float, hi: float,
     return {"edges": edges.tolist(), "counts": counts.tolist()}
 
 
-def screen_file(
+class _Top:
+    """The ``k`` largest ΔP rows of a stream (ties: the earlier row)."""
+
+    def __init__(self, k: int) -> None:
+        self.k = k
+        self.heap: list[tuple[float, int, dict]] = []
+
+    def add(self, diff: float, index: int, row: dict) -> None:
+        item = (diff, -index, row)
+        if len(self.heap) < self.k:
+            heapq.heappush(self.heap, item)
+        elif self.k > 0 and item[:2] > self.heap[0][:2]:
+            heapq.heapreplace(self.heap, item)
+
+    def rows(self) -> list[dict]:
+        return [it[2] for it in sorted(self.heap, key=lambda t: (t[0], t[1]), reverse=True)]
+
+
+def run(
     model,
-    vector: PersonaVector,
-    layer: int,
-    data_path: str | os.PathLike,
-    out_path: str | os.PathLike,
+    config: ScreenConfig,
     *,
-    base_cache: str | os.PathLike | None = None,
-    top_k: int = 20,
-    chunk_size: int = 256,
-    max_new_tokens: int = 128,
-    batch_size: int = 8,
-    bins: int = 40,
-    figure: bool = True,
+    vector: PersonaVector,
     progress: bool = True,
     project_fn: ProjectFn | None = None,
     generate_fn: GenerateFn | None = None,
-) -> ScreenSummary:
-    """Screen a JSONL training set; see the module docstring.
-
-    Writes ``out_path`` (every row plus ``projection``, ``base_projection``,
-    ``projection_diff``; ``null`` and a ``skipped`` reason where a response is empty),
-    ``<out>.top.jsonl`` (the ``top_k`` largest ΔP, largest first), ``<out>.summary.json`` and
-    ``<out>.hist.html``. ``base_cache`` defaults to ``<out>.base_cache.jsonl``.
+    backend=None,
+) -> ScreenResult:
+    """Screen ``config.data`` into ``config.out``; see the module docstring.
     ``project_fn(prompts, responses) -> array`` and ``generate_fn(prompts) -> texts`` replace
-    the model-based projection and greedy base generation (for tests and custom backends).
-    """
-    from tqdm.auto import tqdm
-
+    the model-based projection and greedy base generation (for tests and custom backends;
+    ``model`` may then be None). ``backend`` (e.g. vLLM, serving ``model``'s checkpoint) generates
+    the base responses; the projections are read by ``model``'s HF hooks."""
+    model_key: str | None
     if model is not None:
-        check_layer(model, layer)
+        layer = check_layer(model, config.layer)
         vector.check_model(model)
-        from ..models import model_id as _mid
-
-        mid = _mid(model)
+        model_key = model_fingerprint(model)
     else:
         if project_fn is None or generate_fn is None:
-            raise ValueError("screen_file without a model needs project_fn and generate_fn")
-        mid = vector.model_id
-    out_path = Path(out_path)
-    stem = out_path.with_suffix("") if out_path.suffix == ".jsonl" else out_path
-    top_path = Path(f"{stem}.top.jsonl")
-    summary_path = Path(f"{stem}.summary.json")
-    cache_path = Path(base_cache) if base_cache is not None else Path(f"{stem}.base_cache.jsonl")
-    project = project_fn or (lambda ps, rs: response_projections(model, vector, layer, ps, rs, batch_size=batch_size))
-    gen = generate_fn or _default_generate(model, max_new_tokens, batch_size)
-    cache = BaseResponseCache(cache_path, mid, max_new_tokens, window=max(8 * chunk_size, 2048))
+            raise ValueError("screening without a model needs project_fn and generate_fn")
+        layer, model_key = config.layer, vector.model_id
+    bs = config.batch_size
+    project = project_fn or (lambda ps, rs: response_projections(model, vector, layer, ps, rs, batch_size=bs))
+    gen = generate_fn or _default_generate(model, config.max_new_tokens, bs, backend)
+    store = base_response_store(config.base_cache_path, model_key, config.max_new_tokens,
+                                window=max(8 * config.chunk_size, 2048))
+    fp = store.fingerprint()
     s_diff, s_proj, s_base = RunningStats(), RunningStats(), RunningStats()
-    heap: list[tuple[float, int, dict]] = []
-    n_pos = 0
-    counter = {"n": 0}
+    top = _Top(config.top_k)
+    counts = {"n": 0, "positive": 0, "hits": 0, "generated": 0}
     bar = tqdm(desc="screen", unit="row", disable=not progress)
 
+    def base_responses(prompts: list[Messages]) -> list[str]:
+        keys = [base_cache_key(p) for p in prompts]
+        found: dict[str, str] = {}
+        missing: dict[str, Messages] = {}
+        for k, p in zip(keys, prompts):
+            if k in found or k in missing:
+                continue
+            row = store.get((k,), fp)
+            if row is None:
+                missing[k] = p
+            else:
+                found[k] = row["response"]
+        counts["hits"] += len(found)
+        if missing:
+            made = dict(zip(missing, gen(list(missing.values()))))
+            store.append([{"key": k, "fingerprint": fp, "response": r} for k, r in made.items()])
+            counts["generated"] += len(made)
+            found.update(made)
+        return [found[k] for k in keys]
+
     def write(tmp: str) -> None:
-        nonlocal n_pos
         with open(tmp, "w", encoding="utf-8") as fh:
-            for chunk in iter_chunks(data_path, chunk_size):
+            for chunk in iter_chunks(config.data, config.chunk_size):
                 parsed = [training_row(r) for r in chunk]
                 prompts = [p for p, _ in parsed]
-                keys = [base_cache_key(p) for p in prompts]
-                base: list[str | None] = [cache.get(k) for k in keys]
-                missing: dict[str, Messages] = {}
-                for k, p, b in zip(keys, prompts, base):
-                    if b is None and k not in missing:
-                        missing[k] = p
-                if missing:
-                    texts = list(gen(list(missing.values())))
-                    made = dict(zip(missing, texts))
-                    cache.add(list(made.items()))
-                    base = [made[k] if b is None else b for k, b in zip(keys, base)]
+                base = base_responses(prompts)
                 proj = np.asarray(project(prompts, [r for _, r in parsed]), dtype=float)
                 bproj = np.asarray(project(prompts, base), dtype=float)
-                for row, (p, resp), b, pr, bp in zip(chunk, parsed, base, proj, bproj):
-                    idx = counter["n"]
-                    counter["n"] += 1
+                for row, b, pr, bp in zip(chunk, base, proj, bproj):
+                    idx = counts["n"]
+                    counts["n"] += 1
                     d = pr - bp
-                    out = dict(row)
-                    out.update(projection=_num(pr), base_projection=_num(bp), projection_diff=_num(d))
+                    out = {**row, "projection": _num(pr), "base_projection": _num(bp), "projection_diff": _num(d)}
                     if not math.isfinite(d):
-                        out["skipped"] = ("empty response" if not math.isfinite(pr) else "empty base response")
+                        out["skipped"] = "empty response" if not math.isfinite(pr) else "empty base response"
                     else:
                         s_diff.add(d)
                         s_proj.add(pr)
                         s_base.add(bp)
-                        n_pos += d > 0
-                        item = (d, -idx, {"index": idx, **out, "base_response": b})
-                        if len(heap) < top_k:
-                            heapq.heappush(heap, item)
-                        elif top_k > 0 and item[:2] > heap[0][:2]:
-                            heapq.heapreplace(heap, item)
+                        counts["positive"] += d > 0
+                        top.add(d, idx, {"index": idx, **out, "base_response": b})
                     fh.write(json.dumps(out, ensure_ascii=False) + "\n")
                 bar.update(len(chunk))
 
     try:
-        atomic_write(out_path, write)
+        with store.writing():
+            atomic_write(config.out, write)
     finally:
-        cache.close()
         bar.close()
-    top = [it[2] for it in sorted(heap, key=lambda t: (t[0], t[1]), reverse=True)]
-    atomic_write_text(top_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in top))
-    hist = histogram_from_file(out_path, "projection_diff", s_diff.min, s_diff.max, bins=bins, chunk_size=chunk_size)
-    summary = ScreenSummary(
-        n=counter["n"], n_scored=s_diff.n, layer=layer, vector=vector.name,
+    return ScreenResult(
+        config=config, n=counts["n"], n_scored=s_diff.n, vector=vector.name,
         projection_diff=s_diff.to_dict(), projection=s_proj.to_dict(), base_projection=s_base.to_dict(),
         mean_projection_diff=s_diff.mean if s_diff.n else None,
-        fraction_positive=(n_pos / s_diff.n) if s_diff.n else None,
-        top=[{"index": r["index"], "projection_diff": r["projection_diff"]} for r in top],
-        histogram=hist, out=str(out_path), top_path=str(top_path), base_cache=str(cache_path),
-        summary_path=str(summary_path),
-        cache={"hits": cache.hits, "generated": cache.generated, "ignored_rows": cache.ignored},
+        fraction_positive=(counts["positive"] / s_diff.n) if s_diff.n else None,
+        histogram=histogram_from_file(config.out, "projection_diff", s_diff.min, s_diff.max, bins=config.bins,
+                                      chunk_size=config.chunk_size),
+        top=top.rows(), cache={"hits": counts["hits"], "generated": counts["generated"]},
     )
-    if figure and hist["counts"]:
-        from ..plots_analysis import save_figure, screen_histogram_figure
-
-        fig = screen_histogram_figure(hist, persona=vector.name, layer=layer, mean=summary.mean_projection_diff)
-        summary.figure = str(save_figure(fig, Path(f"{stem}.hist")))
-    atomic_write_json(summary_path, summary.to_dict())
-    return summary

@@ -12,6 +12,9 @@ what the fine-tuned model actually says; the paper's setting), or the base model
 (``responses_from="base"``: the same tokens under both models, isolating the change of the
 representation from the change of what is said). ``"last_prompt"`` needs no response.
 
+``run(base, ShiftConfig(...), finetuned=ft, vector=v, prompts=...) -> ShiftResult`` (the pattern
+of :mod:`persona_lens.analysis.base`); figures: :func:`persona_lens.viz.shift.figures`.
+
 Preventative steering: during fine-tuning, add ``alpha * v[layer]`` to the residual stream at
 every position (:func:`preventative_steering`), so the optimiser need not move the model along
 ``v`` to fit trait-laden data; the steering is removed at inference.
@@ -21,29 +24,59 @@ from __future__ import annotations
 
 import csv
 import io as _io
+import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
-from ..capture import capture
+from ..activations import capture
 from ..chat import Messages, as_messages
+from ..generation import generate
 from ..io import atomic_write_json, atomic_write_text
-from ..models import check_layer, model_id as _model_id, n_layers
+from ..models import check_layer, model_id, n_layers
 from ..steering import Steering
 from ..vectors import PersonaVector
+from .base import AnalysisConfig, AnalysisResult
 from .projection import unit_directions
 
 SHIFT_POSITIONS = ("response_mean", "last_prompt")
+RESPONSES_FROM = ("finetuned", "base")
+TABLE_FILE = "shift.csv"
+RESPONSES_FILE = "responses.json"
+ARRAYS = ("shift", "std", "base_projection", "finetuned_projection")
+
+
+@dataclass(frozen=True)
+class ShiftConfig(AnalysisConfig):
+    """``layers`` (None: every layer); ``position``: ``response_mean`` or ``last_prompt``;
+    ``responses_from``: which model writes the (greedy, ``max_new_tokens``) responses both
+    models read. The result holds the config with ``layers`` resolved."""
+
+    name = "shift"
+    layers: tuple[int, ...] | None = None
+    position: str = "response_mean"
+    responses_from: str = "finetuned"
+    max_new_tokens: int = 128
+    batch_size: int = 8
+
+    def __post_init__(self) -> None:
+        if self.position not in SHIFT_POSITIONS:
+            raise ValueError(f"position must be one of {SHIFT_POSITIONS}, got {self.position!r}")
+        if self.responses_from not in RESPONSES_FROM:
+            raise ValueError(f"responses_from must be one of {RESPONSES_FROM}, got {self.responses_from!r}")
 
 
 @dataclass
-class ShiftResult:
+class ShiftResult(AnalysisResult):
     """Per-layer arrays (index ``i`` <-> ``layers[i]``)."""
 
+    config_type = ShiftConfig
+    config: ShiftConfig
     layers: list[int]
     shift: np.ndarray  # mean over prompts of proj_ft - proj_base
     std: np.ndarray  # population std (ddof=0) of the per-prompt differences
@@ -62,10 +95,17 @@ class ShiftResult:
                  "finetuned_projection": float(self.finetuned_projection[i]), "n": self.n}
                 for i, l in enumerate(self.layers)]
 
-    def to_dict(self) -> dict:
-        return {"layers": self.layers, "shift": self.shift.tolist(), "std": self.std.tolist(),
-                "base_projection": self.base_projection.tolist(),
-                "finetuned_projection": self.finetuned_projection.tolist(), "n": self.n, "settings": self.settings}
+    def to_dict(self) -> dict[str, Any]:
+        return {"layers": self.layers, **{k: getattr(self, k).tolist() for k in ARRAYS}, "n": self.n,
+                "settings": self.settings}
+
+    @classmethod
+    def from_dict(cls, config: AnalysisConfig, data: dict[str, Any]) -> ShiftResult:
+        assert isinstance(config, ShiftConfig)
+        arrays = {k: np.asarray(data[k], dtype=float) for k in ARRAYS}
+        return cls(config=config, layers=list(data["layers"]), shift=arrays["shift"], std=arrays["std"],
+                   base_projection=arrays["base_projection"], finetuned_projection=arrays["finetuned_projection"],
+                   n=int(data["n"]), settings=data.get("settings", {}))
 
     def to_csv(self, path: str | os.PathLike | None = None) -> str:
         buf = _io.StringIO()
@@ -77,13 +117,20 @@ class ShiftResult:
             atomic_write_text(path, buf.getvalue())
         return buf.getvalue()
 
-    def save(self, out_dir: str | os.PathLike) -> dict[str, Path]:
-        out_dir = Path(out_dir)
-        paths = {"json": out_dir / "shift.json", "csv": out_dir / "shift.csv", "responses": out_dir / "responses.json"}
-        atomic_write_json(paths["json"], self.to_dict())
-        self.to_csv(paths["csv"])
-        atomic_write_json(paths["responses"], self.responses)
-        return paths
+    def save(self, directory: str | os.PathLike) -> Path:
+        """``config.json``, ``result.json``, ``shift.csv`` (one row per layer) and ``responses.json``."""
+        out = super().save(directory)
+        self.to_csv(out / TABLE_FILE)
+        atomic_write_json(out / RESPONSES_FILE, self.responses)
+        return out
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> ShiftResult:
+        result = super().load(directory)
+        path = Path(directory) / RESPONSES_FILE
+        if path.exists():
+            result.responses = json.loads(path.read_text(encoding="utf-8"))
+        return result
 
 
 def shift_from_activations(a_base: torch.Tensor, a_ft: torch.Tensor, units: torch.Tensor) -> dict[str, np.ndarray]:
@@ -96,77 +143,63 @@ def shift_from_activations(a_base: torch.Tensor, a_ft: torch.Tensor, units: torc
     return {"shift": d.mean(0), "std": d.std(0), "base_projection": pb.mean(0), "finetuned_projection": pf.mean(0)}
 
 
-def _as_model(m):
-    if isinstance(m, (str, os.PathLike)):
-        from ..models import load_model
+def _shared_responses(base, finetuned, prompts: list[Messages], responses: Sequence[str] | None, config: ShiftConfig,
+                      progress: bool) -> tuple[list[str], str]:
+    """The texts both models read: ``responses`` when given, else greedy ones of the model named
+    by ``config.responses_from``; and where they came from."""
+    if responses is not None:
+        return list(responses), "given"
+    gen_model = finetuned if config.responses_from == "finetuned" else base
+    texts = generate(gen_model, prompts, max_new_tokens=config.max_new_tokens, temperature=0.0,
+                     batch_size=config.batch_size, progress=progress, desc="shift: generate")
+    return texts, config.responses_from
 
-        return load_model(str(m))
-    return m
 
-
-def finetuning_shift(
+def run(
     base,
+    config: ShiftConfig,
+    *,
     finetuned,
     vector: PersonaVector,
     prompts: Sequence[str | Messages],
-    *,
-    layers: Sequence[int] | None = None,
-    position: str = "response_mean",
-    responses_from: str = "finetuned",
     responses: Sequence[str] | None = None,
-    max_new_tokens: int = 128,
-    batch_size: int = 8,
     progress: bool = True,
 ) -> ShiftResult:
-    """Per-layer shift along ``vector`` from ``base`` to ``finetuned`` (module docstring).
-
-    ``base``/``finetuned``: loaded models, or names/paths for :func:`load_model`. ``responses``
-    overrides generation (the same texts for both models). Empty responses are dropped.
-    """
-    if position not in SHIFT_POSITIONS:
-        raise ValueError(f"position must be one of {SHIFT_POSITIONS}, got {position!r}")
-    if responses_from not in ("finetuned", "base"):
-        raise ValueError(f"responses_from must be 'finetuned' or 'base', got {responses_from!r}")
-    base, finetuned = _as_model(base), _as_model(finetuned)
+    """Per-layer shift along ``vector`` from the loaded model ``base`` to ``finetuned`` (module
+    docstring). ``responses`` overrides generation (the same texts for both models). Empty
+    responses are dropped."""
     vector.check_model(base)
     vector.check_model(finetuned)
-    prompts = [as_messages(p) for p in prompts]
-    if not prompts:
-        raise ValueError("finetuning_shift needs at least one prompt")
-    layers = list(range(n_layers(base))) if layers is None else sorted({check_layer(base, l) for l in layers})
+    messages = [as_messages(p) for p in prompts]
+    if not messages:
+        raise ValueError("the fine-tuning shift needs at least one prompt")
+    layers = list(range(n_layers(base))) if config.layers is None \
+        else sorted({check_layer(base, l) for l in config.layers})
+    config = config.replace(layers=tuple(layers))
     texts: list[str] | None = None
-    if position == "response_mean":
-        if responses is not None:
-            texts = list(responses)
-            source = "given"
-        else:
-            from ..generate import generate
-
-            gen_model = finetuned if responses_from == "finetuned" else base
-            texts = generate(gen_model, prompts, max_new_tokens=max_new_tokens, temperature=0.0,
-                             batch_size=batch_size, progress=progress, desc="shift: generate")
-            source = responses_from
-        tok = finetuned.tokenizer
-        keep = [i for i, t in enumerate(texts) if t and tok(t, add_special_tokens=False)["input_ids"]
+    source = None
+    prompts_k: list[Messages] = messages
+    texts_k: list[str] | None = None
+    if config.position == "response_mean":
+        texts, source = _shared_responses(base, finetuned, messages, responses, config, progress)
+        keep = [i for i, t in enumerate(texts) if t and finetuned.tokenizer(t, add_special_tokens=False)["input_ids"]
                 and base.tokenizer(t, add_special_tokens=False)["input_ids"]]
         if not keep:
             raise ValueError("every response is empty: no response-mean activation to compare")
-        prompts_k, texts_k = [prompts[i] for i in keep], [texts[i] for i in keep]
-    else:
-        source = None
-        prompts_k, texts_k = prompts, None
-    red = [position]
-    a_base = capture(base, prompts_k, texts_k, layers=layers, reductions=red, batch_size=batch_size,
-                     progress=progress, desc="shift: base")[position]
-    a_ft = capture(finetuned, prompts_k, texts_k, layers=layers, reductions=red, batch_size=batch_size,
-                   progress=progress, desc="shift: finetuned")[position]
+        prompts_k, texts_k = [messages[i] for i in keep], [texts[i] for i in keep]
+    red = [config.position]
+    a_base = capture(base, prompts_k, texts_k, layers=layers, reductions=red, batch_size=config.batch_size,
+                     progress=progress, desc="shift: base")[config.position]
+    a_ft = capture(finetuned, prompts_k, texts_k, layers=layers, reductions=red, batch_size=config.batch_size,
+                   progress=progress, desc="shift: finetuned")[config.position]
     stats = shift_from_activations(a_base, a_ft, unit_directions(vector, layers))
-    settings = {"base": _model_id(base), "finetuned": _model_id(finetuned), "vector": vector.name,
-                "position": position, "responses_from": source, "max_new_tokens": max_new_tokens,
-                "n_dropped_empty": len(prompts) - len(prompts_k),
+    settings = {"base": model_id(base), "finetuned": model_id(finetuned), "vector": vector.name,
+                "position": config.position, "responses_from": source, "max_new_tokens": config.max_new_tokens,
+                "n_dropped_empty": len(messages) - len(prompts_k),
                 "definition": "shift[l] = mean_prompts(a_ft[l].u[l] - a_base[l].u[l]), u = v/||v||"}
-    return ShiftResult(layers=layers, shift=stats["shift"], std=stats["std"], base_projection=stats["base_projection"],
-                       finetuned_projection=stats["finetuned_projection"], n=len(prompts_k), settings=settings,
+    return ShiftResult(config=config, layers=layers, shift=stats["shift"], std=stats["std"],
+                       base_projection=stats["base_projection"], finetuned_projection=stats["finetuned_projection"],
+                       n=len(prompts_k), settings=settings,
                        responses=list(texts) if texts is not None else [])
 
 

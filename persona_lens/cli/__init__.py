@@ -1,48 +1,45 @@
-"""`persona-lens` command line.
+"""`persona-lens` command line, on click.
 
-Each module in this package that defines ``register(subparsers)`` adds its sub-commands; the
-command function is stored as ``func`` on the parsed namespace and returns an exit code.
+Each command is thin: click parses and checks argv (option groups in :mod:`.options`, input
+contents in :mod:`.inputs`), the command calls the library and prints. :mod:`.boundary` turns
+every failure into one line and an exit code.
 """
 
 from __future__ import annotations
 
-import argparse
-import importlib
-import pkgutil
 import sys
 
+import click
+
 from .._version import __version__
+from . import analysis, core, demo, evals, export, persona, serve
+from .boundary import PersonaLensGroup
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="persona-lens",
-        description="Find, blend, steer and monitor persona directions in language models.",
-    )
-    parser.add_argument("--version", action="version", version=f"persona_lens {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
-        if info.name.startswith("_"):
-            continue
-        module = importlib.import_module(f"{__name__}.{info.name}")
-        if hasattr(module, "register"):
-            module.register(sub)
-    return parser
+@click.group("persona-lens", cls=PersonaLensGroup, no_args_is_help=True,
+             context_settings={"show_default": True, "help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(__version__, prog_name="persona_lens")
+@click.option("--debug", is_flag=True, envvar="PERSONA_LENS_DEBUG",
+              help="show the full traceback of an error instead of one line (also PERSONA_LENS_DEBUG=1)")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """Find, blend, steer and monitor persona directions in language models.
+
+    Workflow: extract a vector, sweep for the layer and alpha, then steer, monitor or screen.
+    """
+    if isinstance(ctx.obj, dict):
+        ctx.obj["debug"] = debug
+
+
+for command in (core.info, persona.persona, core.extract_cmd, demo.sweep, core.steer, core.generate_cmd,
+                analysis.monitor, analysis.screen, analysis.blend_cmd, analysis.project, analysis.shift,
+                evals.eval_group, export.export, export.import_cmd, serve.serve_command, demo.demo):
+    cli.add_command(command)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
-    from ..errors import PersonaLensError
-
-    try:
-        return int(args.func(args) or 0)
-    except PersonaLensError as exc:
-        print(f"persona-lens: error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
+    """Run the command line on ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
+    return cli.main(argv, standalone_mode=False)
 
 
 if __name__ == "__main__":  # pragma: no cover

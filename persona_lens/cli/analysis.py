@@ -1,221 +1,236 @@
-"""Analysis commands: blend, project, monitor, screen, shift."""
+"""Analysis commands: ``monitor``, ``screen``, ``blend``, ``project``, ``shift``."""
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from pathlib import Path
 
+import click
 
-def _model_args(p: argparse.ArgumentParser, flag: str = "--model") -> None:
-    p.add_argument(flag, default="default", help="embedded name (default, gemma-3-270m), HF id or local path")
-    p.add_argument("--device", default=None)
-    p.add_argument("--dtype", default=None, help="float32, bfloat16, float16")
+from ..analysis import monitor as monitor_analysis
+from ..analysis import projection as projection_analysis
+from ..analysis import screen as screen_analysis
+from ..analysis import shift as shift_analysis
+from ..analysis.projection import row_prompt, task_prompts
+from ..analysis.screen import training_row
+from ..blend import blend
+from ..interop import load_vector
+from ..personas import load_persona
+from ..viz import monitor as monitor_viz
+from ..viz import projection as projection_viz
+from ..viz import save_figure
+from ..viz import screen as screen_viz
+from ..viz import shift as shift_viz
+from .inputs import check_jsonl, check_prompt_file
+from .options import (
+    INPUT_FILE,
+    FiniteFloat,
+    NameList,
+    NumberList,
+    OutputPath,
+    backend_options,
+    input_files,
+    judge_options,
+    max_new_tokens_option,
+    positions_option,
+)
 
-
-def _file_scoring_parser(sub, name: str, *, help: str, data: str, data_help: str, out_help: str):
-    """A parser for a command that scores a JSONL file along a vector at a layer (monitor, screen):
-    the data file, ``--vector``, ``--layer``, ``--out``; finish it with :func:`_streaming_args`."""
-    p = sub.add_parser(name, help=help)
-    p.add_argument(data, help=data_help)
-    p.add_argument("--vector", required=True)
-    p.add_argument("--layer", type=int, required=True)
-    p.add_argument("--out", required=True, help=out_help)
-    return p
-
-
-def _streaming_args(p: argparse.ArgumentParser, max_new_tokens_help: str | None = None) -> None:
-    """Generation length, streaming chunk and batch sizes, and the model options."""
-    p.add_argument("--max-new-tokens", type=int, default=128, help=max_new_tokens_help)
-    p.add_argument("--chunk-size", type=int, default=256)
-    p.add_argument("--batch-size", type=int, default=8)
-    _model_args(p)
-
-
-def _load(name: str, args):
-    from ..models import load_model
-
-    return load_model(name, device=args.device, dtype=args.dtype)
-
-
-def _vector(path: str):
-    from ..vectors import PersonaVector
-
-    return PersonaVector.load(path)
+VECTOR_HELP = "persona vector file (.safetensors, .pt or .gguf)"
 
 
-def register(sub) -> None:
-    p = sub.add_parser("blend", help="blend persona vectors into one (BILLY's merge is --method mean)")
-    p.add_argument("vectors", nargs="+", help="vector files; a file may repeat (it then counts twice)")
-    p.add_argument("--out", required=True, help="output vector (.safetensors)")
-    p.add_argument("--method", default=None, choices=["mean", "weighted", "normalized", "orthogonal"],
-                   help="default: mean, or weighted when --weights is given")
-    p.add_argument("--weights", type=float, nargs="+", default=None, help="one weight per vector")
-    p.add_argument("--name", default=None, help="persona name recorded in the output's metadata")
-    p.set_defaults(func=cmd_blend)
-
-    p = sub.add_parser("project", help="BILLY projection analysis: Δa of prompting/steering conditions on each persona axis")
-    p.add_argument("--vectors", nargs="+", required=True, help="persona vector files (the axes; repeats count in the merge)")
-    p.add_argument("--merged", default=None, help="merged vector file (default: plain mean of --vectors)")
-    p.add_argument("--layer", type=int, required=True, help="steering layer")
-    p.add_argument("--alpha", type=float, required=True, help="steering coefficient")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--prompts", default=None, help="prompts file (.txt, .jsonl, .json)")
-    src.add_argument("--task", default=None, help="'aut' (built-in alternative-uses prompts) or a task file")
-    p.add_argument("--n", type=int, default=None, help="use the first N prompts")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--positions", default="response", choices=["response", "prompt", "all"])
-    p.add_argument("--no-multi-role", action="store_true", help="skip the multi-role prompting condition")
-    p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--batch-size", type=int, default=8)
-    _model_args(p)
-    p.set_defaults(func=cmd_project)
-
-    p = _file_scoring_parser(
-        sub, "monitor", help="last-prompt-token projection score of each prompt (before generating)",
-        data="prompts", data_help="JSONL rows with 'messages' or 'system' + 'prompt'",
-        out_help="output JSONL (rows + 'score')")
-    p.add_argument("--judge", default=None, help="openai:MODEL | local:MODEL | embedding: also generate, judge "
-                   "trait expression and report Pearson r")
-    p.add_argument("--persona", default=None, help="persona name or spec file for the judge's eval prompt "
-                   "(default: the vector's persona)")
-    _streaming_args(p)
-    p.set_defaults(func=cmd_monitor)
-
-    p = _file_scoring_parser(
-        sub, "screen", help="flag training rows by projection difference vs the base model's own response",
-        data="data", data_help="JSONL rows: 'messages' ending with the assistant response, or 'prompt' + 'response'",
-        out_help="output JSONL (rows + projection, base_projection, projection_diff)")
-    p.add_argument("--top", type=int, default=20, help="print and write the K most flagged rows")
-    p.add_argument("--base-cache", default=None, help="base-response cache JSONL (default: <out>.base_cache.jsonl)")
-    _streaming_args(p, "base response length")
-    p.set_defaults(func=cmd_screen)
-
-    p = sub.add_parser("shift", help="fine-tuning shift along a persona vector, per layer")
-    p.add_argument("--base", default="default", help="base model (name or path)")
-    p.add_argument("--finetuned", required=True, help="fine-tuned model (name or path)")
-    p.add_argument("--vector", required=True)
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--prompts", default=None, help="prompts file (.txt, .jsonl, .json)")
-    src.add_argument("--persona", default=None, help="use this persona's held-out eval_questions")
-    p.add_argument("--n", type=int, default=None, help="use the first N prompts")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--position", default="response_mean", choices=["response_mean", "last_prompt"])
-    p.add_argument("--responses-from", default="finetuned", choices=["finetuned", "base"])
-    p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--device", default=None)
-    p.add_argument("--dtype", default=None)
-    p.set_defaults(func=cmd_shift)
+def _scoring_options(f):
+    """The vector, layer, output and chunking options of monitor and screen."""
+    for option in reversed([
+        click.option("--vector", type=INPUT_FILE, required=True, help=VECTOR_HELP),
+        click.option("--layer", type=click.IntRange(min=0), required=True,
+                     help="layer whose residual stream is projected (blocks.L.hook_resid_post)"),
+        click.option("--chunk-size", type=click.IntRange(min=1), default=256, help="rows read and written per chunk"),
+    ]):
+        f = option(f)
+    return f
 
 
-# --------------------------------------------------------------------------- commands
-
-
-def cmd_blend(args) -> int:
-    from ..blend import blend
-
-    vectors = [_vector(v) for v in args.vectors]
-    method = args.method or ("weighted" if args.weights is not None else "mean")
-    out = blend(vectors, method, args.weights, name=args.name)
-    out.metadata["component_files"] = list(args.vectors)
-    path = out.save(args.out)
-    norms = out.norms()
-    print(json.dumps({"out": str(path), "persona": out.name, "method": method, "weights": out.metadata["weights"],
-                      "components": [v.name for v in vectors], "n_layers": out.n_layers, "d_model": out.d_model,
-                      "norm_min": float(norms.min()), "norm_max": float(norms.max())}, indent=2))
+@click.command("monitor", short_help="projection score of each prompt's last token (before generating)")
+@click.argument("prompts", type=INPUT_FILE)
+@_scoring_options
+@click.option("--out", type=OutputPath(), required=True,
+              help="output JSONL: the input rows + 'score' (the summary, its config and the scatter plot go to "
+                   "the folder <out without .jsonl>.monitor/)")
+@judge_options(default="none", help="also generate, judge trait expression and report Pearson r: "
+                                    "none | openai:MODEL | local:MODEL | embedding")
+@click.option("--persona", default=None, show_default="the vector's persona",
+              help="persona name or spec file whose eval prompt the judge reads")
+@max_new_tokens_option(128, help="response length when --judge generates answers")
+@backend_options(batch_size=8)
+def monitor(prompts, vector, layer, chunk_size, out, judge, persona, max_new_tokens, backend) -> int:
+    """Score every row of PROMPTS (JSONL; each row 'messages' or 'prompt' with an optional
+    'system') by the projection of its last prompt token onto the vector at --layer."""
+    check_jsonl(prompts, row_prompt)
+    v = load_vector(vector)
+    spec = load_persona(persona or v.name) if judge.kind != "none" else None
+    model = backend.load()
+    config = monitor_analysis.MonitorConfig(prompts=str(prompts), out=str(out), layer=layer,
+                                            max_new_tokens=max_new_tokens, chunk_size=chunk_size,
+                                            batch_size=backend.batch_size)
+    result = monitor_analysis.run(model, config, vector=v, judge=judge.build(model, backend.model), spec=spec)
+    folder = result.save(Path(out).with_suffix(".monitor"))
+    for name, fig in monitor_viz.figures(result).items():
+        save_figure(fig, folder / name)
+    summary = {key: value for key, value in result.to_dict().items() if key != "scatter"}
+    click.echo(json.dumps({**summary, "out": str(out), "result": str(folder)}, indent=2))
     return 0
 
 
-def cmd_project(args) -> int:
-    from ..analysis.projection import projection_analysis, task_prompts
-    from ..plots_analysis import projection_figure, save_figure
-
-    vectors = [_vector(v) for v in args.vectors]
-    merged = _vector(args.merged) if args.merged else None
-    prompts = task_prompts(args.prompts or args.task, args.n)
-    model = _load(args.model, args)
-    result = projection_analysis(model, vectors, prompts, layer=args.layer, alpha=args.alpha, merged=merged,
-                                 multi_role=not args.no_multi_role, positions=args.positions,
-                                 max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
-    out = Path(args.out)
-    paths = {k: str(v) for k, v in result.save(out).items()}
-    for pos in result.positions:
-        paths[f"figure_{pos}"] = str(save_figure(projection_figure(result, pos), out / f"projection_{pos}"))
-    li = result.layers.index(args.layer) if args.layer in result.layers else -1
-    at_layer = {c: {a: round(float(result.mean["response_mean"][ci, ai, li]), 4) for ai, a in enumerate(result.axes)}
-                for ci, c in enumerate(result.conditions)}
-    print(json.dumps({"files": paths, f"response_mean_at_layer_{result.layers[li]}": at_layer}, indent=2))
-    return 0
-
-
-def cmd_monitor(args) -> int:
-    from ..analysis.monitor import monitor_file
-
-    vector = _vector(args.vector)
-    judge = spec = None
-    if args.judge and args.judge != "none":
-        from ..judges import make_judge
-        from ..personas import load_persona
-
-        spec = load_persona(args.persona or vector.name)
-        judge = make_judge(args.judge)
-    model = _load(args.model, args)
-    summary = monitor_file(model, vector, args.layer, args.prompts, args.out, judge=judge, spec=spec,
-                           max_new_tokens=args.max_new_tokens, chunk_size=args.chunk_size, batch_size=args.batch_size)
-    print(json.dumps(summary.to_dict(), indent=2))
-    return 0
-
-
-def cmd_screen(args) -> int:
-    from ..analysis.screen import screen_file
-
-    vector = _vector(args.vector)
-    model = _load(args.model, args)
-    summary = screen_file(model, vector, args.layer, args.data, args.out, base_cache=args.base_cache, top_k=args.top,
-                          chunk_size=args.chunk_size, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
-    print(f"screened {summary.n} rows ({summary.n_scored} scored); mean ΔP = {summary.mean_projection_diff}")
-    print(f"top {len(summary.top)} by projection difference (ΔP) along {summary.vector} at layer {summary.layer}:")
-    from ..analysis.screen import training_row
-    from ..io import iter_jsonl
-
-    for rank, row in enumerate(iter_jsonl(summary.top_path), 1):
+@click.command("screen", short_help="flag training rows by projection difference vs the base model's own answer")
+@click.argument("data", type=INPUT_FILE)
+@_scoring_options
+@click.option("--out", type=OutputPath(), required=True,
+              help="output JSONL: rows + projection, base_projection, projection_diff (the summary, its config, the "
+                   "flagged rows top.jsonl and the histogram go to the folder <out without .jsonl>.screen/)")
+@click.option("--top", type=click.IntRange(min=1), default=20, help="print and write the K most flagged rows")
+@click.option("--base-cache", type=OutputPath(), default=None, show_default="<out>.base_cache.jsonl",
+              help="base-response cache JSONL (resumable)")
+@max_new_tokens_option(128, help="length of the base model's own responses")
+@backend_options(batch_size=8, engine=True)
+def screen(data, vector, layer, chunk_size, out, top, base_cache, max_new_tokens, backend) -> int:
+    """Score every training row of DATA (JSONL; 'messages' ending with the assistant answer, or
+    'prompt' + 'response') by the projection difference between its answer and the base
+    model's own answer to the same prompt."""
+    check_jsonl(data, training_row)
+    v = load_vector(vector)
+    model = backend.load()
+    config = screen_analysis.ScreenConfig(data=str(data), out=str(out), layer=layer,
+                                          base_cache=None if base_cache is None else str(base_cache), top_k=top,
+                                          chunk_size=chunk_size, max_new_tokens=max_new_tokens,
+                                          batch_size=backend.batch_size)
+    result = screen_analysis.run(model, config, vector=v, backend=backend.generator(model))
+    folder = result.save(Path(out).with_suffix(".screen"))
+    figures = {name: str(save_figure(fig, folder / name)) for name, fig in screen_viz.figures(result).items()}
+    click.echo(f"screened {result.n} rows ({result.n_scored} scored); mean ΔP = {result.mean_projection_diff}")
+    click.echo(f"top {len(result.top)} by projection difference (ΔP) along {result.vector} at layer {layer}:")
+    for rank, row in enumerate(result.top, 1):
         prompt, response = training_row(row)
         user = prompt[-1]["content"].replace("\n", " ")
-        print(f"{rank:3d}. row {row['index']:>6}  ΔP={row['projection_diff']:+.4f}  {user[:50]!r} -> "
-              f"{response.replace(chr(10), ' ')[:70]!r}")
-    print(json.dumps({"out": summary.out, "top": summary.top_path, "figure": summary.figure,
-                      "summary": summary.summary_path}, indent=2))
+        click.echo(f"{rank:3d}. row {row['index']:>6}  ΔP={row['projection_diff']:+.4f}  {user[:50]!r} -> "
+                   f"{response.replace(chr(10), ' ')[:70]!r}")
+    click.echo(json.dumps({"out": str(out), "result": str(folder), "top": str(folder / screen_analysis.TOP_FILE),
+                           "base_cache": str(config.base_cache_path), "figures": figures}, indent=2))
     return 0
 
 
-def cmd_shift(args) -> int:
-    from ..analysis.projection import task_prompts
-    from ..analysis.shift import finetuning_shift
-    from ..plots_analysis import save_figure, shift_figure
+@click.command("blend", short_help="blend persona vectors into one (BILLY's merge is --method mean)")
+@click.argument("vectors", type=INPUT_FILE, nargs=-1, required=True)
+@click.option("--out", type=OutputPath(), required=True, help="output vector (.safetensors)")
+@click.option("--method", type=click.Choice(["mean", "weighted", "normalized", "orthogonal"]), default=None,
+              show_default="mean, or weighted with --weights", help="how the vectors are combined")
+@click.option("--weights", type=NumberList(float), default=None,
+              help="one weight per vector, comma separated, e.g. 2,-0.5")
+@click.option("--name", default=None, show_default="derived from the components",
+              help="persona name recorded in the output's metadata")
+def blend_cmd(vectors, out, method, weights, name) -> int:
+    """Blend the VECTORS files into one; a file may repeat (it then counts twice)."""
+    if weights is not None and len(weights) != len(vectors):
+        raise click.BadParameter(f"{len(weights)} weight(s) for {len(vectors)} vector(s)", param_hint="'--weights'")
+    loaded = [load_vector(v) for v in vectors]
+    method = method or ("weighted" if weights is not None else "mean")
+    merged = blend(loaded, method, weights, name=name)
+    merged.metadata["component_files"] = [str(v) for v in vectors]
+    path = merged.save(out)
+    norms = merged.norms()
+    click.echo(json.dumps({"out": str(path), "persona": merged.name, "method": method,
+                           "weights": merged.metadata["weights"], "components": [v.name for v in loaded],
+                           "n_layers": merged.n_layers, "d_model": merged.d_model,
+                           "norm_min": float(norms.min()), "norm_max": float(norms.max())}, indent=2))
+    return 0
 
-    vector = _vector(args.vector)
-    if args.prompts:
-        prompts = task_prompts(args.prompts, args.n)
+
+def _prompts(prompts_file: Path | None, task: str | None, n: int | None) -> list:
+    """Prompts from --prompts FILE or --task (exactly one), checked before any model loads."""
+    if (prompts_file is None) == (task is None):
+        raise click.UsageError("give exactly one of --prompts FILE or --task")
+    source: str | Path
+    if prompts_file is not None:
+        check_prompt_file(prompts_file, row_prompt)
+        source = prompts_file
     else:
-        from ..personas import load_persona
+        source = str(task)
+        if source.lower() != "aut":
+            if not Path(source).is_file():
+                raise click.BadParameter(f"{source!r} is neither 'aut' nor an existing file", param_hint="'--task'")
+            check_prompt_file(Path(source), row_prompt)
+    return task_prompts(source, n)
 
-        spec = load_persona(args.persona)
-        prompts = list(spec.eval_questions or spec.questions)[: args.n or None]
-    base = _load(args.base, args)
-    ft = _load(args.finetuned, args)
-    result = finetuning_shift(base, ft, vector, prompts, position=args.position, responses_from=args.responses_from,
-                              max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
-    out = Path(args.out)
-    paths = {k: str(v) for k, v in result.save(out).items()}
-    paths["figure"] = str(save_figure(shift_figure(result), out / "shift"))
-    print(json.dumps({"files": paths, "shift": {l: round(float(s), 4) for l, s in zip(result.layers, result.shift)}},
-                     indent=2))
+
+@click.command("project", short_help="BILLY projection analysis: Δa of prompting/steering on each persona axis")
+@click.option("--vectors", type=NameList(), multiple=True, required=True, callback=input_files,
+              help="persona vector files (the axes), comma separated or repeated; repeats count in the merge")
+@click.option("--merged", type=INPUT_FILE, default=None, show_default="plain mean of --vectors",
+              help="merged vector file")
+@click.option("--layer", type=click.IntRange(min=0), required=True, help="steering layer")
+@click.option("--alpha", type=FiniteFloat(), required=True, help="steering coefficient")
+@click.option("--prompts", "prompts_file", type=INPUT_FILE, default=None, help="prompts file (.txt, .jsonl, .json)")
+@click.option("--task", default=None, help="'aut' (built-in alternative-uses prompts) or a task file")
+@click.option("--n", type=click.IntRange(min=1), default=None, show_default="all", help="use the first N prompts")
+@click.option("--out", type=OutputPath(directory=True), required=True, help="output folder")
+@positions_option()
+@click.option("--no-multi-role", is_flag=True, help="skip the multi-role prompting condition")
+@max_new_tokens_option(128)
+@backend_options(batch_size=8)
+def project(vectors, merged, layer, alpha, prompts_file, task, n, out, positions, no_multi_role, max_new_tokens,
+            backend) -> int:
+    """Project the activation shifts of persona prompting, multi-role prompting and steering
+    with the merged vector onto each persona axis (BILLY Eq. 5); writes tables and figures."""
+    prompts = _prompts(prompts_file, task, n)
+    axes = [load_vector(v) for v in vectors]
+    merged_vector = load_vector(merged) if merged else None
+    model = backend.load()
+    config = projection_analysis.ProjectionConfig(layer=layer, alpha=alpha, multi_role=not no_multi_role,
+                                                  positions=positions, max_new_tokens=max_new_tokens,
+                                                  batch_size=backend.batch_size)
+    result = projection_analysis.run(model, config, vectors=axes, prompts=prompts, merged=merged_vector)
+    result.save(out)
+    figures = {name: str(save_figure(fig, out / name)) for name, fig in projection_viz.figures(result).items()}
+    li = result.layers.index(layer) if layer in result.layers else -1
+    at_layer = {c: {a: round(float(result.mean["response_mean"][ci, ai, li]), 4) for ai, a in enumerate(result.axes)}
+                for ci, c in enumerate(result.conditions)}
+    click.echo(json.dumps({"out": str(out), "figures": figures, f"response_mean_at_layer_{result.layers[li]}": at_layer},
+                          indent=2))
     return 0
 
 
-if __name__ == "__main__":  # pragma: no cover
-    from . import main
-
-    sys.exit(main())
+@click.command("shift", short_help="fine-tuning shift along a persona vector, per layer")
+@click.option("--base", default="default", help="base model (embedded name, HF id or local folder)")
+@click.option("--finetuned", required=True, help="fine-tuned model (HF id or local folder)")
+@click.option("--vector", type=INPUT_FILE, required=True, help=VECTOR_HELP)
+@click.option("--prompts", "prompts_file", type=INPUT_FILE, default=None, help="prompts file (.txt, .jsonl, .json)")
+@click.option("--persona", default=None, help="use this persona's held-out eval_questions instead of --prompts")
+@click.option("--n", type=click.IntRange(min=1), default=None, show_default="all", help="use the first N prompts")
+@click.option("--out", type=OutputPath(directory=True), required=True, help="output folder")
+@click.option("--position", type=click.Choice(["response_mean", "last_prompt"]), default="response_mean",
+              help="which activation is compared")
+@click.option("--responses-from", type=click.Choice(["finetuned", "base"]), default="finetuned",
+              help="which model writes the responses both models read")
+@max_new_tokens_option(128)
+@backend_options(model=False, batch_size=8)
+def shift(base, finetuned, vector, prompts_file, persona, n, out, position, responses_from, max_new_tokens,
+          backend) -> int:
+    """Mean projection of (fine-tuned - base) activations onto the vector, per layer."""
+    if (prompts_file is None) == (persona is None):
+        raise click.UsageError("give exactly one of --prompts FILE or --persona NAME")
+    if prompts_file is not None:
+        prompts = _prompts(prompts_file, None, n)
+    else:
+        spec = load_persona(persona)
+        prompts = list(spec.eval_questions or spec.questions)[: n or None]
+    v = load_vector(vector)
+    backend.check(base)
+    backend.check(finetuned)
+    base_model, ft_model = backend.load(base), backend.load(finetuned)
+    config = shift_analysis.ShiftConfig(position=position, responses_from=responses_from,
+                                        max_new_tokens=max_new_tokens, batch_size=backend.batch_size)
+    result = shift_analysis.run(base_model, config, finetuned=ft_model, vector=v, prompts=prompts)
+    result.save(out)
+    figures = {name: str(save_figure(fig, out / name)) for name, fig in shift_viz.figures(result).items()}
+    click.echo(json.dumps({"out": str(out), "figures": figures,
+                           "shift": {l: round(float(s), 4) for l, s in zip(result.layers, result.shift)}}, indent=2))
+    return 0

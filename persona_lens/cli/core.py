@@ -1,112 +1,115 @@
-"""Core commands: info, extract, steer."""
+"""Core commands: ``info``, ``extract``, ``steer`` and ``generate`` (the unsteered baseline)."""
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
+
+import click
+
+from .. import models
+from ..chat import make_messages
+from ..extraction import extract
+from ..interop import load_vector
+from ..personas import load_persona
+from ..steering import Steering
+from .options import (
+    INPUT_FILE,
+    JUDGE_HELP,
+    FiniteFloat,
+    OutputPath,
+    backend_options,
+    decoding_options,
+    judge_options,
+    positions_option,
+)
 
 
-def _model_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="default", help="embedded name (default, gemma-3-270m), HF id or local path")
-    p.add_argument("--device", default=None)
-    p.add_argument("--dtype", default=None, help="float32, bfloat16, float16")
-
-
-def _load(args):
-    from ..models import load_model
-
-    return load_model(args.model, device=args.device, dtype=args.dtype)
-
-
-def register(sub) -> None:
-    p = sub.add_parser("info", help="layers, d_model and hook names of a model")
-    _model_arg(p)
-    p.set_defaults(func=cmd_info)
-
-    p = sub.add_parser("extract", help="contrastive generation + persona vector (difference of means)")
-    p.add_argument("persona", help="built-in persona name or a spec JSON path")
-    p.add_argument("--out", required=True, help="vector file (.safetensors)")
-    p.add_argument("--responses", default=None, help="responses JSONL (default: next to --out); resumable")
-    _model_arg(p)
-    p.add_argument("--n-per-question", type=int, default=1)
-    p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--temperature", type=float, default=0.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--method", default="mean_diff", choices=["mean_diff", "pca", "probe"])
-    p.add_argument("--judge", default="none", help="none | openai:MODEL | local:MODEL | embedding")
-    p.add_argument("--filter", default="fixed", choices=["fixed", "adaptive"], help="effective-pair thresholds")
-    p.set_defaults(func=cmd_extract)
-
-    p = sub.add_parser("steer", help="generate with a persona vector added at a layer")
-    p.add_argument("prompts", nargs="+")
-    p.add_argument("--vector", required=True)
-    p.add_argument("--layer", type=int, required=True, action="append", help="repeat for several layers")
-    p.add_argument("--alpha", type=float, required=True)
-    p.add_argument("--positions", default="response", choices=["response", "prompt", "all"])
-    p.add_argument("--system", default=None)
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--temperature", type=float, default=0.0)
-    p.add_argument("--seed", type=int, default=0)
-    _model_arg(p)
-    p.set_defaults(func=cmd_steer)
-
-
-def cmd_info(args) -> int:
-    from ..models import d_model, model_id, n_layers, resid_post_hook_name
-
-    model = _load(args)
-    L = n_layers(model)
-    info = {
-        "model": args.model,
-        "model_id": model_id(model),
-        "n_layers": L,
-        "d_model": d_model(model),
-        "hooks": [resid_post_hook_name(l) for l in range(L)],
+@click.command("info", short_help="layers, d_model and hook names of a model")
+@backend_options(batch_size=None)
+def info(backend) -> int:
+    """Load a model and print its layer count, width, hook names and layer convention as JSON."""
+    model = backend.load()
+    n = models.n_layers(model)
+    click.echo(json.dumps({
+        "model": backend.model,
+        "model_id": models.model_id(model),
+        "n_layers": n,
+        "d_model": models.d_model(model),
+        "hooks": [models.resid_post_hook_name(l) for l in range(n)],
         "layer_convention": "layer l = blocks.{l}.hook_resid_post = HF hidden_states[l+1]",
         "chat_template": bool(getattr(model.tokenizer, "chat_template", None)),
-    }
-    print(json.dumps(info, indent=2))
+    }, indent=2))
     return 0
 
 
-def cmd_extract(args) -> int:
-    from ..extract import extract
-    from ..personas import load_persona
-
-    from ..judges import make_judge
-    from ..judges.base import parse_backend
-
-    spec = load_persona(args.persona)
-    model = _load(args)
-    kind, judge_model = parse_backend(args.judge or "none")
-    kwargs = {}
-    if kind == "local" and judge_model in ("", args.model):
-        kwargs["model"] = model  # judge with the loaded model instead of loading a second copy
-    judge = make_judge(args.judge or "none", **kwargs)
+@click.command("extract", short_help="contrastive generation + persona vector (difference of means)")
+@click.argument("persona")
+@click.option("--out", type=OutputPath(), required=True, help="vector file to write (.safetensors)")
+@click.option("--responses", type=OutputPath(), default=None, show_default="<out>.responses.jsonl",
+              help="responses JSONL; rerunning the same command resumes from it")
+@click.option("--n-per-question", type=click.IntRange(min=1), default=1,
+              help="responses per question and polarity")
+@click.option("--method", type=click.Choice(["mean_diff", "pca", "probe"]), default="mean_diff",
+              help="how the direction is computed per layer")
+@click.option("--filter", "filter_mode", type=click.Choice(["fixed", "adaptive"]), default="fixed",
+              help="judge thresholds for effective pairs (with --judge)")
+@judge_options(default="none", help=f"judge that filters effective pairs: {JUDGE_HELP}")
+@decoding_options(max_new_tokens=128, top_p=False)
+@backend_options(batch_size=8, engine=True)
+def extract_cmd(persona, out, responses, n_per_question, method, filter_mode, judge, decoding, backend) -> int:
+    """Generate answers under the positive and negative system prompts of PERSONA (a built-in
+    name or a spec JSON file), average the residual stream over response tokens per layer and
+    write the difference of means to --out. Prints the extraction report as JSON."""
+    spec = load_persona(persona)
+    model = backend.load()
     vector, report = extract(
-        model, spec, args.out, responses_path=args.responses, n_per_question=args.n_per_question,
-        max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed,
-        batch_size=args.batch_size, method=args.method, judge=judge, filter_mode=args.filter,
+        model, spec, out, responses_path=responses, n_per_question=n_per_question,
+        max_new_tokens=decoding.max_new_tokens, temperature=decoding.temperature, seed=decoding.seed,
+        batch_size=backend.batch_size, method=method, judge=judge.build(model, backend.model),
+        filter_mode=filter_mode, backend=backend.generator(model),
     )
-    print(json.dumps(report, indent=2, default=str))
+    click.echo(json.dumps(report, indent=2, default=str))
     return 0
 
 
-def cmd_steer(args) -> int:
-    from ..chat import make_messages
-    from ..generate import generate
-    from ..steering import Steering
-    from ..vectors import PersonaVector
-
-    vector = PersonaVector.load(args.vector)
-    model = _load(args)
-    vector.check_model(model)
-    steering = Steering.from_vector(vector, args.layer, args.alpha, args.positions)
-    prompts = [make_messages(p, args.system) for p in args.prompts]
-    outs = generate(model, prompts, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                    seed=args.seed, steering=steering)
-    for p, o in zip(args.prompts, outs):
-        sys.stdout.write(json.dumps({"prompt": p, "completion": o}, ensure_ascii=False) + "\n")
+def _print_completions(generator, prompts, system, decoding, batch_size, steering=None) -> int:
+    gens = generator.generate_ids([make_messages(p, system) for p in prompts], steering=steering,
+                                  batch_size=batch_size, progress=True, **decoding.kwargs())
+    for prompt, g in zip(prompts, gens):
+        click.echo(json.dumps({"prompt": prompt, "completion": g.text}, ensure_ascii=False))
     return 0
+
+
+def _prompt_options(f):
+    f = click.option("--system", default=None, help="system prompt for every prompt")(f)
+    return click.argument("prompts", nargs=-1, required=True)(f)
+
+
+@click.command("steer", short_help="generate with a persona vector added at one or more layers")
+@_prompt_options
+@click.option("--vector", type=INPUT_FILE, required=True, help="persona vector file (.safetensors, .pt or .gguf)")
+@click.option("--layer", "layers", type=click.IntRange(min=0), multiple=True, required=True,
+              help="layer to steer at (blocks.L.hook_resid_post); repeat for several layers")
+@click.option("--alpha", type=FiniteFloat(), required=True,
+              help="steering coefficient: h += alpha * v (0 = unsteered; negative steers away)")
+@positions_option()
+@decoding_options(max_new_tokens=64)
+@backend_options(batch_size=8, engine=True)
+def steer(prompts, system, vector, layers, alpha, positions, decoding, backend) -> int:
+    """Generate a completion for each PROMPT with h += alpha * v at each --layer; prints one
+    JSON line {"prompt", "completion"} per prompt. `persona-lens sweep` recommends layer and alpha."""
+    v = load_vector(vector)
+    steering = Steering.from_vector(v, list(layers), alpha, positions)
+    model = backend.load()
+    v.check_model(model)
+    return _print_completions(backend.generator(model), prompts, system, decoding, backend.batch_size, steering)
+
+
+@click.command("generate", short_help="generate without steering (the baseline to compare steer against)")
+@_prompt_options
+@decoding_options(max_new_tokens=64)
+@backend_options(batch_size=8, engine=True)
+def generate_cmd(prompts, system, decoding, backend) -> int:
+    """Generate a completion for each PROMPT with the plain model (no vector); prints one JSON
+    line {"prompt", "completion"} per prompt, like `steer`."""
+    return _print_completions(backend.generator(backend.load()), prompts, system, decoding, backend.batch_size)

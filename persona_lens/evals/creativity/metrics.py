@@ -22,10 +22,11 @@ Embeddings are all-MiniLM-L6-v2 (``persona_lens.judges.embedding.embed_texts``; 
 from __future__ import annotations
 
 import math
-from typing import Iterable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
+from ...stats import mean_std, nanmean
 from .parse import normalize_idea
 
 DUPLICATE_SIMILARITY = 0.9
@@ -48,23 +49,6 @@ EFFICIENCY = {
     "prompt_tokens": "Prompt tokens per query",
     "gen_tokens": "Generated tokens per query",
 }
-
-
-def nanmean(values: Iterable[float | None]) -> float:
-    vals = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
-    return float(sum(vals) / len(vals)) if vals else float("nan")
-
-
-def mean_std(values: Iterable[float | None]) -> tuple[float, float, int]:
-    """(mean, sample std (ddof=1; 0 for one value), count) over the non-missing values."""
-    vals = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
-    if not vals:
-        return float("nan"), float("nan"), 0
-    mean = sum(vals) / len(vals)
-    if len(vals) == 1:
-        return mean, 0.0, 1
-    var = sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)
-    return mean, math.sqrt(var), len(vals)
 
 
 # ----------------------------------------------------------------------------- per idea/response

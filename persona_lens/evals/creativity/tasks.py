@@ -26,10 +26,10 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from importlib.resources import files
 from pathlib import Path
-from typing import Iterable, Sequence
 
 TASKS = ("aut", "instances", "similarities", "scientific")
 #: folder names of the LLM-Discussion ``Datasets`` layout
@@ -130,7 +130,7 @@ def normalize_task_name(task: str) -> str:
 
 
 def builtin_task_file(task: str) -> Path:
-    return Path(str(files("persona_lens.evals.creativity").joinpath("data", f"{normalize_task_name(task)}.json")))
+    return Path(str(files("persona_lens.evals.creativity").joinpath("data").joinpath(f"{normalize_task_name(task)}.json")))
 
 
 def find_task_file(tasks_dir: str | os.PathLike, task: str, split: str = "auto", n: int | None = None) -> Path:

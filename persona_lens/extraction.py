@@ -11,16 +11,22 @@ regression direction per layer, scaled to the mean_diff norm).
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from .capture import capture
+from .activations import capture
+from .errors import NoEffectivePairsError
+from .filtering import filter_pairs, judge_rows
+from .generation import generate_contrastive
+from .hooks import EMBED, FINAL_NORM
+from .io import atomic_write_json, atomic_write_text
 from .models import model_id
 from .vectors import PersonaVector
 
@@ -60,11 +66,11 @@ def direction_from_activations(
         return torch.stack(out)
     from sklearn.linear_model import LogisticRegression
 
-    x = torch.cat([pos, neg]).numpy()
+    features = torch.cat([pos, neg]).numpy()
     y = np.r_[np.ones(len(pos)), np.zeros(len(neg))]
     out = []
-    for l in range(x.shape[1]):
-        xl = x[:, l]
+    for l in range(features.shape[1]):
+        xl = features[:, l]
         scale = xl.std(0) + 1e-6
         clf = LogisticRegression(C=1.0, max_iter=2000).fit(xl / scale, y)
         w = torch.from_numpy(clf.coef_[0] / scale).float()
@@ -96,9 +102,11 @@ def extract_from_rows(
         raise ValueError(f"extraction needs pos and neg responses; got {len(pos_rows)} pos, {len(neg_rows)} neg")
     ordered = pos_rows + neg_rows
     cap = capture(model, rows_to_prompts(ordered), [r["response"] for r in ordered], reductions=[position],
-                  batch_size=batch_size, progress=progress, desc="activations")
-    acts = cap[position]
-    vec = direction_from_activations(acts[: len(pos_rows)], acts[len(pos_rows):], method)
+                  batch_size=batch_size, progress=progress, desc="activations", extra_sites=(EMBED, FINAL_NORM))
+    # the embedding and final-norm outputs ride along as two more "layers": the same method
+    # gives rows 0 and n_layers of a Persona Vectors .pt file (hidden_states[0], [n_layers])
+    acts = torch.cat([cap.at(position, EMBED)[:, None], cap[position], cap.at(position, FINAL_NORM)[:, None]], 1)
+    directions = direction_from_activations(acts[: len(pos_rows)], acts[len(pos_rows):], method)
     md = {
         "persona": persona or pos_rows[0].get("persona", "persona"),
         "model_id": model_id(model),
@@ -108,11 +116,13 @@ def extract_from_rows(
         "n_neg": len(neg_rows),
     }
     md.update(extra_metadata or {})
-    return PersonaVector(vec, md)
+    return PersonaVector(directions[1:-1], md, embed_diff=directions[0], final_norm_diff=directions[-1])
 
 
 def _paired(rows: list[dict]) -> list[dict]:
-    key = lambda r: (r["pair_index"], r["question_index"], r["sample"])  # noqa: E731
+    def key(r: dict) -> tuple:
+        return r["pair_index"], r["question_index"], r["sample"]
+
     neg = {key(r): r for r in rows if r["polarity"] == "neg"}
     out_pos, out_neg = [], []
     for r in rows:
@@ -137,37 +147,38 @@ def extract(
     judge=None,
     filter_mode: str = "fixed",
     progress: bool = True,
+    backend=None,
 ) -> tuple[PersonaVector, dict]:
     """The whole pipeline for one spec; returns the vector and an extraction report.
 
     Responses are cached in ``responses_path`` (resumable); with a ``judge``, rows gain
-    ``trait_score``/``coherence_score`` and only effective pairs are used.
+    ``trait_score``/``coherence_score`` and only effective pairs are used. ``backend`` (a
+    :class:`persona_lens.backends.GenerationBackend` serving ``model``'s checkpoint, e.g. vLLM)
+    generates the contrastive responses; the activations are always read by ``model``'s HF hooks.
     """
-    from .generate import generate_contrastive
-    from .io import atomic_write_json
-
     if responses_path is None:
         responses_path = Path(out).with_suffix(".responses.jsonl") if out else Path(f"{spec.name}.responses.jsonl")
     rows = generate_contrastive(model, spec, responses_path, n_per_question=n_per_question,
                                 max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
-                                batch_size=batch_size, progress=progress)
+                                batch_size=batch_size, progress=progress, backend=backend)
     report: dict = {"persona": spec.name, "responses": str(responses_path), "n_rows": len(rows)}
     empty = [r for r in rows if not model.tokenizer(r["response"], add_special_tokens=False)["input_ids"]]
     if empty:
         report["dropped_empty"] = len(empty)
         rows = [r for r in rows if r not in empty]
     if judge is not None:
-        from .filtering import filter_pairs, judge_rows
-
         rows = judge_rows(rows, spec, judge, progress=progress)
         judged_path = Path(responses_path).with_suffix(".judged.jsonl")
-        from .io import atomic_write_text
-        import json
-
         atomic_write_text(judged_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
         filt = filter_pairs(rows, mode=filter_mode)
         report["filter"] = filt.to_dict()
         report["judged_responses"] = str(judged_path)
+        if not filt.kept:
+            counts = ", ".join(f"{n} x {rule}" for rule, n in filt.reason_counts().items()) or "no pairs to filter"
+            raise NoEffectivePairsError(
+                f"the {filter_mode} filter kept 0 of {filt.n_pairs} pairs (thresholds: trait {filt.threshold}, "
+                f"coherence {filt.coherence_threshold}; dropped by: {counts}); the judged rows are in {judged_path}. "
+                "Use --filter adaptive, another judge, or --judge none")
         rows = filt.kept
     vector = extract_from_rows(model, rows, method=method, batch_size=batch_size, persona=spec.name,
                                progress=progress,

@@ -1,4 +1,4 @@
-"""Extraction (persona_lens.extract): directions, the whole pipeline, resume, persona spec errors."""
+"""Extraction (persona_lens.extraction): directions, the whole pipeline, resume, persona spec errors."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from persona_lens.errors import PersonaSpecError
-from persona_lens.extract import direction_from_activations, extract, extract_from_rows, rows_to_prompts
+from persona_lens.extraction import direction_from_activations, extract, extract_from_rows, rows_to_prompts
 from persona_lens.personas import PersonaSpec, load_persona
 from persona_lens.vectors import PersonaVector
 
@@ -138,8 +138,8 @@ def uninterrupted(default_model, tmp_path_factory):
 @pytest.mark.slow
 def test_extract_writes_vector_responses_and_report(uninterrupted, default_model):
     folder, vector, report = uninterrupted["greedy"]
-    assert sorted(p.name for p in folder.iterdir()) == [
-        "humorous.report.json", "humorous.responses.jsonl", "humorous.safetensors"]
+    assert sorted(p.name for p in folder.iterdir()) == [  # the .lock guards the resumable responses file
+        ".humorous.responses.jsonl.lock", "humorous.report.json", "humorous.responses.jsonl", "humorous.safetensors"]
     loaded = PersonaVector.load(folder / "humorous.safetensors")
     assert torch.equal(loaded.vectors, vector.vectors)
     assert loaded.n_layers == 30 and loaded.d_model == 576
@@ -199,7 +199,7 @@ def test_failed_extract_writes_no_vector(default_model, uninterrupted, tmp_path,
     """A failure after generation leaves the resumable responses, but no vector and no report."""
     import importlib
 
-    extract_module = importlib.import_module("persona_lens.extract")
+    extract_module = importlib.import_module("persona_lens.extraction")
     folder, vector, _ = uninterrupted["greedy"]
     (tmp_path / "humorous.responses.jsonl").write_bytes((folder / "humorous.responses.jsonl").read_bytes())
 
@@ -209,8 +209,41 @@ def test_failed_extract_writes_no_vector(default_model, uninterrupted, tmp_path,
     monkeypatch.setattr(extract_module, "capture", broken)
     with pytest.raises(MemoryError):
         extract(default_model, small_spec(), tmp_path / "humorous.safetensors", seed=3, **KW)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["humorous.responses.jsonl"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".humorous.responses.jsonl.lock", "humorous.responses.jsonl"]
     monkeypatch.undo()
     # and rerunning finishes from the saved responses
     again, _ = extract(default_model, small_spec(), tmp_path / "humorous.safetensors", seed=3, **KW)
     assert torch.equal(again.vectors, vector.vectors)
+
+
+class _AlwaysNeutralJudge:
+    """Scores every answer 10 (trait) and 90 (coherence): no positive answer passes pos >= 50."""
+
+    name = "always-neutral"
+
+    def score_trait(self, spec, question, answer):
+        return 10.0
+
+    def score_trait_many(self, spec, qa, *, progress=False):
+        return [10.0 for _ in qa]
+
+    def score_coherence(self, question, answer):
+        return 90.0
+
+    def score_coherence_many(self, qa, *, progress=False):
+        return [90.0 for _ in qa]
+
+
+def test_filter_leaving_nothing_is_a_named_error_with_counts(tiny_model, tmp_path):
+    import dataclasses
+
+    from persona_lens.errors import NoEffectivePairsError
+    from persona_lens.extraction import extract
+    from persona_lens.personas import load_persona
+
+    spec = load_persona("humorous")
+    spec = dataclasses.replace(spec, instruction=spec.instruction[:1], questions=spec.questions[:2])
+    with pytest.raises(NoEffectivePairsError, match=r"kept 0 of 2 pairs .*dropped by: 2 x pos trait # < #"):
+        extract(tiny_model, spec, tmp_path / "v.safetensors", max_new_tokens=3, judge=_AlwaysNeutralJudge(),
+                progress=False)
+    assert not (tmp_path / "v.safetensors").exists()

@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from persona_lens.capture import capture
+from persona_lens.activations import capture
 from persona_lens.errors import EmptyResponseError
-from persona_lens.extract import extract_from_rows, rows_to_prompts
+from persona_lens.extraction import extract_from_rows, rows_to_prompts
 from persona_lens.models import resid_post_hook_name
 from persona_lens.personas import load_persona
 
@@ -209,7 +209,7 @@ def test_bridge_run_with_cache_resid_post_equals_capture(request, which):
         ids = torch.tensor([p + r])
         names = {resid_post_hook_name(l) for l in layers}
         with torch.inference_mode():
-            _, cache = model.run_with_cache(ids, names_filter=lambda name: name in names)
+            _, cache = model.run_with_cache(ids, names_filter=names.__contains__)
         for layer in layers:
             h = cache[resid_post_hook_name(layer)][0].float()
             assert h.shape == (len(p) + len(r), 576 if which == "default" else 640)

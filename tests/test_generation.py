@@ -1,4 +1,4 @@
-"""Generation (persona_lens.generate): greedy/sampled, batching, contrastive rows and resume."""
+"""Generation (persona_lens.generation): greedy/sampled, batching, contrastive rows and resume."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from persona_lens.chat import as_messages, prompt_ids
-from persona_lens.generate import (
+from persona_lens.generation import (
     contrastive_items,
     eos_ids,
     generate,
@@ -108,7 +108,7 @@ def test_contrastive_rows(full_runs):
     assert [row_key(r) for r in rows] == [row_key(i) for i in contrastive_items(spec)]
     for r in rows:
         assert set(r) == {"persona", "pair_index", "question_index", "sample", "polarity", "system", "question",
-                          "response"}
+                          "response", "fingerprint"}
         assert r["persona"] == "humorous" and isinstance(r["response"], str)
     on_disk = [json.loads(line) for line in _lines(path)]
     assert sorted(map(row_key, on_disk)) == sorted(map(row_key, rows))
@@ -139,7 +139,7 @@ def test_resume_equals_uninterrupted(default_model, full_runs, tmp_path, mode, c
 def test_resume_of_a_complete_file_generates_nothing(default_model, full_runs, tmp_path, monkeypatch):
     import importlib
 
-    gen_module = importlib.import_module("persona_lens.generate")  # the package re-exports a function of that name
+    gen_module = importlib.import_module("persona_lens.generation")  # the package re-exports a function of that name
 
     full_path, full_rows = full_runs["greedy"]
     path = tmp_path / "responses.jsonl"
