@@ -27,6 +27,7 @@ from persona_lens.interop.vllm_worker import (
     fingerprint,
     request_payload,
 )
+from persona_lens.interop.vllm_worker import _plan as plan_step  # the per-step plan the hooks read
 from persona_lens.steering import Steering
 from persona_lens.vectors import PersonaVector
 
@@ -88,6 +89,7 @@ class Runner:
         self.input_batch = types.SimpleNamespace(req_ids=[])
         self.query_start_loc = types.SimpleNamespace(np=np.zeros(16, dtype=np.int32))
         self.positions = torch.zeros(64, dtype=torch.long)  # reused every step, as vLLM's buffer is
+        self.model_config = types.SimpleNamespace(enforce_eager=True)  # the hooks refuse a compiled engine
 
     def get_model(self):
         return self.model
@@ -189,7 +191,7 @@ def test_steered_layer_materialises_the_stream_in_hf_order():
     worker.persona_lens_install()
     runner.input_batch.req_ids = ["r"]
     runner.query_start_loc.np[:2] = [0, 3]
-    plan = worker._persona_lens_plan(runner, torch.arange(3), torch.device("cpu"), torch.float32)
+    plan = plan_step(worker._persona_lens, runner, torch.arange(3))
     h, r = apply_layer((out, residual), plan, 0, {})
     assert torch.equal(h + r, (residual + out) + delta[0])
     assert torch.equal(r, torch.zeros_like(residual))
