@@ -10,16 +10,20 @@ import dataclasses
 import importlib
 import json
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
 
 from persona_lens import testing
-from persona_lens.analysis import screen, sweep
+from persona_lens.analysis import monitor, projection, screen, shift, sweep
+from persona_lens.analysis.monitor import MonitorConfig
+from persona_lens.analysis.projection import AUT_OBJECTS, AUT_TEMPLATE, ProjectionConfig
 from persona_lens.analysis.sweep import SweepConfig
 from persona_lens.backends import BACKENDS, HFBackend, make_backend
 from persona_lens.cli import cli
 from persona_lens.cli import options as cli_options
+from persona_lens.demo import pipeline as demo_pipeline
 from persona_lens.errors import ModelMismatchError
 from persona_lens.evals.creativity import load_tasks
 from persona_lens.evals.creativity.methods import Discussion, SingleCall
@@ -152,7 +156,10 @@ def test_sweep_routes_held_out_and_steered_generation_through_backend(tiny_model
     assert again.calls == []
 
 
-def test_cli_backend_option_routes_generation(tiny_model, monkeypatch):
+@pytest.fixture
+def cli_vllm(tiny_model, monkeypatch) -> list[StandIn]:
+    """The command line on ``tiny_model`` with vLLM "installed": ``--backend vllm`` makes a
+    stand-in (appended to the returned list), checking it was asked for vllm on the ``--model``."""
     made: list[StandIn] = []
 
     def fake_make_backend(name, model, *, model_name):
@@ -160,11 +167,20 @@ def test_cli_backend_option_routes_generation(tiny_model, monkeypatch):
         made.append(StandIn(model))
         return made[-1]
 
-    monkeypatch.setattr(cli_options, "make_backend", fake_make_backend)
+    for module in (cli_options, demo_pipeline):  # the commands' backends, and the demo's
+        monkeypatch.setattr(module, "make_backend", fake_make_backend)
+    monkeypatch.setattr(cli_options.models, "load_model", lambda *a, **k: tiny_model)
+    monkeypatch.setattr(demo_pipeline, "load_model", lambda *a, **k: tiny_model)  # imported by name there
     find_spec = cli_options.importlib.util.find_spec
     monkeypatch.setattr(cli_options.importlib.util, "find_spec",
                         lambda name, *a: object() if name == "vllm" else find_spec(name, *a))  # "installed"
-    monkeypatch.setattr(cli_options.models, "load_model", lambda *a, **k: tiny_model)
+    monkeypatch.setattr(cli_options.models, "resolve_model_name",
+                        lambda name: ("tiny", "tiny", model_id(tiny_model)))
+    return made
+
+
+def test_cli_backend_option_routes_generation(tiny_model, cli_vllm):
+    made = cli_vllm
     result = CliRunner().invoke(cli, ["generate", "--model", "tiny", "--backend", "vllm", "--max-new-tokens", "4",
                                       "Hi!", "Bye"])
     assert result.exit_code == 0, result.output
@@ -184,7 +200,8 @@ def test_cli_backend_vllm_without_vllm_is_a_usage_error(monkeypatch):
     assert "vLLM is not installed" in result.output and "scripts/setup_vllm.sh" in result.output
 
 
-@pytest.mark.parametrize("command", ["extract", "steer", "generate", "sweep", "screen", "serve", "eval creativity"])
+@pytest.mark.parametrize("command", ["extract", "steer", "generate", "sweep", "screen", "serve", "eval creativity",
+                                     "monitor", "project", "shift", "demo"])
 def test_generating_commands_take_backend(command):
     result = CliRunner().invoke(cli, [*command.split(), "--help"])
     assert result.exit_code == 0 and "--backend [hf|vllm]" in result.output
@@ -217,3 +234,132 @@ def test_creativity_methods_route_through_backend(tiny_model, no_hf_generation):
         outs = method.run(tiny_model, items, seed=3, max_new_tokens=4, batch_size=2, backend=backend)
         assert len(outs) == 2 and sum(len(c["prompts"]) for c in backend.calls) == 2
         assert backend.calls[0]["steering"] is getattr(method, "steering", None)
+
+
+class FittedOnAnswers:
+    """A judge that must be fitted first (like the embedding proxy), recording what it was fitted
+    on; its trait score is the answer's length."""
+
+    name = "fitted-on-answers"
+
+    def __init__(self):
+        self.fitted_on: tuple[list, list] | None = None
+
+    @property
+    def is_fitted(self) -> bool:
+        return self.fitted_on is not None
+
+    def fit(self, texts, labels):
+        self.fitted_on = (list(texts), list(labels))
+        return self
+
+    def cross_fit(self, texts, labels, folds):
+        raise AssertionError("monitor fits on every answer")
+
+    def score_trait(self, spec, question, answer):
+        return float(len(answer))
+
+    def score_trait_many(self, spec, qa, *, progress=False):
+        return [self.score_trait(spec, q, a) for q, a in qa]
+
+
+def test_monitor_answers_and_judge_fit_route_through_backend(tiny_model, tmp_path, no_hf_generation):
+    rows = [{"prompt": "What is rain?"}, {"prompt": "Why?", "response": "Because."}, {"prompt": "Who are you?"}]
+    data = tmp_path / "p.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    vector, spec = testing.tiny_vector(tiny_model), tiny_spec()
+
+    def run(name, backend=None):
+        judge = FittedOnAnswers()
+        config = MonitorConfig(prompts=str(data), out=str(tmp_path / f"{name}.jsonl"), layer=1, max_new_tokens=4)
+        return monitor.run(tiny_model, config, vector=vector, judge=judge, spec=spec, progress=False,
+                           backend=backend), judge
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(gen_module, "generate_ids", no_hf_generation)
+        hf, hf_judge = run("hf")
+    backend = StandIn(tiny_model)
+    res, judge = run("b", backend)
+    # the judge's training answers (2 questions x pos/neg), then the two rows without an answer
+    assert [len(c["prompts"]) for c in backend.calls] == [4, 2]
+    assert [p[0]["content"] for p in backend.calls[0]["prompts"]] == [spec.instruction[0].pos,
+                                                                      spec.instruction[0].neg] * 2
+    assert all(c["temperature"] == 0.0 and c["steering"] is None for c in backend.calls)
+    assert judge.fitted_on == hf_judge.fitted_on and res.judge_fit == hf.judge_fit
+    assert (tmp_path / "b.jsonl").read_text() == (tmp_path / "hf.jsonl").read_text()
+
+
+def test_projection_conditions_route_through_backend_with_their_steering(tiny_model, no_hf_generation):
+    vecs = [testing.tiny_vector(tiny_model, seed=1, persona="a"), testing.tiny_vector(tiny_model, seed=2, persona="b")]
+    config = ProjectionConfig(layer=1, alpha=0.2, max_new_tokens=3)
+    prompts = ["Name a colour.", "Say hi."]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(gen_module, "generate_ids", no_hf_generation)
+        hf = projection.run(tiny_model, config, vectors=vecs, prompts=prompts, progress=False)
+    backend = StandIn(tiny_model)
+    res = projection.run(tiny_model, config, vectors=vecs, prompts=prompts, progress=False, backend=backend)
+    (call,) = backend.calls  # none, multi_role, steer:a, steer:b, merged: one call, one steering row each
+    assert len(call["prompts"]) == 10 and call["steering"].batch_size == 10 and call["temperature"] == 0.0
+    assert res.responses == hf.responses
+    for pos in res.mean:
+        np.testing.assert_array_equal(res.mean[pos], hf.mean[pos])
+
+
+def test_cli_monitor_and_project_take_backend(tiny_model, cli_vllm, tmp_path):
+    vector = testing.tiny_vector(tiny_model).save(tmp_path / "v.safetensors")
+    common = ["--model", "tiny", "--backend", "vllm", "--max-new-tokens", "3"]
+    result = CliRunner().invoke(cli, ["project", "--vectors", str(vector), "--layer", "1", "--alpha", "0.2",
+                                      "--task", "aut", "--n", "1", "--out", str(tmp_path / "proj"), *common])
+    assert result.exit_code == 0, result.output
+    (engine,) = cli_vllm
+    assert [c["content"] for p in engine.calls[0]["prompts"] for c in p if c["role"] == "user"] == \
+        [AUT_TEMPLATE.format(object=AUT_OBJECTS[0])] * 4  # none, multi_role, steer, merged
+    data = tmp_path / "p.jsonl"
+    data.write_text(json.dumps({"prompt": "What is rain?"}) + "\n")
+    result = CliRunner().invoke(cli, ["monitor", str(data), "--vector", str(vector), "--layer", "1",
+                                      "--out", str(tmp_path / "m.jsonl"), "--judge", "embedding",
+                                      "--persona", "humorous", *common])
+    assert result.exit_code == 0, result.output
+    assert len(cli_vllm) == 2 and cli_vllm[1].calls[-1]["prompts"] == [[{"role": "user", "content": "What is rain?"}]]
+
+
+def test_demo_routes_every_generation_through_backend_and_shares_its_caches(tiny_model, cli_vllm, tmp_path,
+                                                                            no_hf_generation):
+    out = tmp_path / "demo"
+    args = ["demo", "--out", str(out), "--quick", "--model", "tiny", "--judge", "none", "--threads", "default",
+            "--no-progress"]
+    result = CliRunner().invoke(cli, [*args, "--backend", "vllm"])
+    assert result.exit_code == 0, result.output
+    (engine,) = cli_vllm
+    users = {m["content"] for c in engine.calls for p in c["prompts"] for m in p if m["role"] == "user"}
+    config = json.loads((out / "summary.json").read_text())["config"]
+    assert config["backend"] == "vllm"
+    for persona in (*config["personas"], config["screen_trait"]):  # extraction
+        assert set(load_persona(persona).questions[:config["n_questions"]]) <= users
+    steered = {m["content"] for c in engine.calls if c["steering"] is not None for p in c["prompts"] for m in p
+               if m["role"] == "user"}
+    swept = load_persona(config["personas"][0])
+    assert set(swept.eval_questions[:config["sweep_steer"]]) <= steered  # the sweep's steered answers
+    assert AUT_TEMPLATE.format(object=AUT_OBJECTS[0]) in steered  # BILLY's steered conditions
+    assert {json.loads(line)["prompt"] for line in (out / "screen" / "data.jsonl").open()} <= users  # screen
+    # every demo generation is greedy: the same on either backend, so hf reuses every stage
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "summary.json").read_text())["ran"] == []
+
+
+def test_shift_responses_route_through_backend_of_the_responses_model(tiny_model, no_hf_generation):
+    finetuned = testing.tiny_model(seed=1)  # same architecture, other weights
+    vector = testing.tiny_vector(tiny_model)
+    config = shift.ShiftConfig(max_new_tokens=3)
+    prompts = ["Name a colour.", "Say hi."]
+    backend = StandIn(finetuned)
+    res = shift.run(tiny_model, config, finetuned=finetuned, vector=vector, prompts=prompts, progress=False,
+                    backend=backend)
+    (call,) = backend.calls
+    assert len(call["prompts"]) == 2 and call["temperature"] == 0.0 and call["steering"] is None
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(gen_module, "generate_ids", no_hf_generation)
+        hf = shift.run(tiny_model, config, finetuned=finetuned, vector=vector, prompts=prompts, progress=False)
+    assert res.responses == hf.responses
+    np.testing.assert_array_equal(res.shift, hf.shift)

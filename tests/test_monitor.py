@@ -1,5 +1,6 @@
 """Monitoring: last-prompt projection scores (hand-computed, vs plain transformers, AUROC), files, CLI."""
 
+import importlib
 import json
 import math
 from types import SimpleNamespace
@@ -12,6 +13,7 @@ from conftest import HUMOROUS_EXTRACT_PAIRS, HUMOROUS_LAYER
 from persona_lens.activations import Captured
 from persona_lens.analysis import monitor
 from persona_lens.analysis.monitor import MonitorConfig, MonitorResult, monitor_scores
+from persona_lens.generation import Generation
 from persona_lens.judges import PromptJudge
 from persona_lens.stats import RunningStats, pearson
 from persona_lens.vectors import PersonaVector
@@ -219,10 +221,11 @@ def _offline_monitor(monkeypatch, tmp_path, rows):
             system = p[0]["content"] if isinstance(p, list) and p[0]["role"] == "system" else ""
             i = len(calls) + len(out)
             out.append(FUNNY_ANSWERS[i % 6] if system == "Be very funny." else PLAIN_ANSWERS[i % 6])
-        return out
+        return [Generation(text, [], []) for text in out]
 
     monkeypatch.setattr("persona_lens.analysis.monitor.capture", fake_capture)
-    monkeypatch.setattr("persona_lens.analysis.monitor.generate", fake_generate)
+    # the HF generation path (the package re-exports a function named like the module)
+    monkeypatch.setattr(importlib.import_module("persona_lens.generation"), "generate_ids", fake_generate)
     spec = PersonaSpec(name="humorous", instruction=[InstructionPair("Be very funny.", "Be very serious.")],
                        questions=["Why do cats purr?", "How do taxes work?", "How should I cook rice?"],
                        eval_prompt="Rate how funny this is. Question: {question} Answer: {answer}")

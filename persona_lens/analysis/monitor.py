@@ -9,7 +9,10 @@ The monitor score of a prompt is the last prompt token's ``blocks.{layer}.hook_r
 pattern of :mod:`persona_lens.analysis.base`) streams a JSONL file in chunks and writes each row
 with its ``score`` to ``config.out``; with a judge it also generates the response (or uses the
 row's assistant turn), judges trait expression, and reports the Pearson correlation between
-monitor score and trait score. The result holds the numbers (and a bounded sample of the
+monitor score and trait score. ``run(..., backend=...)``: a
+:class:`persona_lens.backends.GenerationBackend` serving the model's checkpoint (e.g. vLLM)
+generates those answers and the embedding judge's training answers; the scores are always read
+by the model's HF hooks. The result holds the numbers (and a bounded sample of the
 (score, trait score) pairs for :func:`persona_lens.viz.monitor.figures`).
 """
 
@@ -28,7 +31,7 @@ from tqdm.auto import tqdm
 from ..activations import capture
 from ..chat import Messages, as_messages
 from ..errors import JudgeError
-from ..generation import generate
+from ..generation import GenerateIds, backend_generation
 from ..io import atomic_write, iter_jsonl
 from ..judges import Fittable, TraitScorer, needs_fit
 from ..models import check_layer
@@ -87,20 +90,27 @@ def _given_response(row: dict) -> str | None:
     return row.get("response")
 
 
+def _greedy(generate_ids: GenerateIds, prompts: list, *, max_new_tokens: int, batch_size: int) -> list[str]:
+    """Greedy unsteered answers by a backend's ``generate_ids``."""
+    return [g.text for g in generate_ids(prompts, max_new_tokens=max_new_tokens, temperature=0.0, top_p=1.0,
+                                         seed=None, batch_size=batch_size, steering=None, progress=False)]
+
+
 def fit_judge(judge: Fittable, model, spec, *, n_questions: int = 8, max_new_tokens: int = 128,
-              batch_size: int = 8) -> dict:
+              batch_size: int = 8, backend=None) -> dict:
     """Fit a judge that learns from examples (the embedding proxy) the way extract and sweep do:
     on the model's own greedy answers to the spec's questions under the positive (label 1) and
     the negative (label 0) system prompt. Question ``i`` (of the first ``n_questions`` extraction
-    questions) uses instruction pair ``i mod n_pairs``; empty answers are left out."""
+    questions) uses instruction pair ``i mod n_pairs``; empty answers are left out. ``backend``
+    (serving ``model``'s checkpoint; None: the HF path on ``model``) generates them."""
     prompts, labels = [], []
     for i, question in enumerate(list(spec.questions)[:n_questions]):
         pair = spec.instruction[i % len(spec.instruction)]
         for label, system in ((1, pair.pos), (0, pair.neg)):
             prompts.append([{"role": "system", "content": system}, {"role": "user", "content": question}])
             labels.append(label)
-    texts = generate(model, prompts, max_new_tokens=max_new_tokens, temperature=0.0, batch_size=batch_size,
-                     progress=False)
+    texts = _greedy(backend_generation(model, backend)[1], prompts, max_new_tokens=max_new_tokens,
+                    batch_size=batch_size)
     keep = [i for i, t in enumerate(texts) if t.strip()]
     judge.fit([texts[i] for i in keep], [labels[i] for i in keep])
     return {"source": "greedy answers to the spec's questions under its pos/neg system prompts",
@@ -165,13 +175,14 @@ class _Reservoir:
             self.xs[j], self.ys[j] = x, y
 
 
-def _responses(model, chunk: list[dict], prompts: list, config: MonitorConfig) -> list[str | None]:
-    """Each row's own answer, else a greedy one."""
+def _responses(generate_ids: GenerateIds, chunk: list[dict], prompts: list,
+               config: MonitorConfig) -> list[str | None]:
+    """Each row's own answer, else a greedy one by ``generate_ids``."""
     responses = [_given_response(r) for r in chunk]
     todo = [i for i, r in enumerate(responses) if r is None]
     if todo:
-        texts = generate(model, [prompts[i] for i in todo], max_new_tokens=config.max_new_tokens,
-                         batch_size=config.batch_size, progress=False)
+        texts = _greedy(generate_ids, [prompts[i] for i in todo], max_new_tokens=config.max_new_tokens,
+                        batch_size=config.batch_size)
         for i, text in zip(todo, texts):
             responses[i] = text
     return responses
@@ -185,20 +196,24 @@ def run(
     judge: TraitScorer | None = None,
     spec=None,
     progress: bool = True,
+    backend=None,
 ) -> MonitorResult:
     """Score every row of ``config.prompts``, streamed in chunks of ``config.chunk_size``, into
     ``config.out`` (written atomically). With ``judge`` and ``spec`` (the persona spec whose
     ``eval_prompt`` the judge reads) each row also gets a ``response`` and a ``trait_score``, and
     the result the Pearson r between ``score`` and ``trait_score``. A judge that must learn from
-    examples first (the embedding proxy) is fitted with :func:`fit_judge`."""
+    examples first (the embedding proxy) is fitted with :func:`fit_judge`. ``backend`` (a
+    :class:`persona_lens.backends.GenerationBackend` serving ``model``'s checkpoint; None: the HF
+    path on ``model``) generates every answer; the scores are read by ``model``'s HF hooks."""
     layer = check_layer(model, config.layer)
     vector.check_model(model)
     if judge is not None and spec is None:
         raise ValueError("scoring trait expression with a judge needs the persona spec (its eval prompt)")
     if judge is not None and not isinstance(judge, TraitScorer):
         raise JudgeError(f"{judge!r} cannot score trait expression (no score_trait_many)")
-    judge_fit = fit_judge(judge, model, spec, max_new_tokens=config.max_new_tokens, batch_size=config.batch_size) \
-        if needs_fit(judge) else None
+    _, generate_ids = backend_generation(model, backend)
+    judge_fit = fit_judge(judge, model, spec, max_new_tokens=config.max_new_tokens, batch_size=config.batch_size,
+                          backend=backend) if needs_fit(judge) else None
     gen = judge is not None if config.generate_responses is None else config.generate_responses
     stats, tstats = RunningStats(), RunningStats()
     scored: tuple[list[float], list[float]] = ([], [])  # (score, trait_score) pairs for Pearson r
@@ -211,7 +226,7 @@ def run(
                 prompts = [row_prompt(r) for r in chunk]
                 scores = monitor_scores(model, vector, layer, prompts, batch_size=config.batch_size)
                 stats.update(scores)
-                responses = _responses(model, chunk, prompts, config) if gen else [None] * len(chunk)
+                responses = _responses(generate_ids, chunk, prompts, config) if gen else [None] * len(chunk)
                 trait: list[float | None] = [None] * len(chunk)
                 if judge is not None:
                     qa = [(_question(as_messages(p)), r or "") for p, r in zip(prompts, responses)]

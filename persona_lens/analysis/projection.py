@@ -43,7 +43,7 @@ from torch import Tensor
 from ..activations import capture
 from ..blend import blend
 from ..chat import Messages, as_messages
-from ..generation import generate
+from ..generation import backend_generation
 from ..io import atomic_write_json, atomic_write_text, iter_jsonl
 from ..models import check_layer, model_id, n_layers
 from ..personas.billy import multi_role_system_prompt
@@ -316,11 +316,14 @@ def run(
     prompts: Sequence[str | Messages],
     merged: PersonaVector | None = None,
     progress: bool = True,
+    backend=None,
 ) -> ProjectionResult:
     """BILLY's projection analysis (module docstring): ``Δa`` projected on each persona axis.
 
     ``merged`` defaults to ``blend(vectors, "mean")`` (repeats in ``vectors`` count, as in
-    BILLY).
+    BILLY). ``backend`` (a :class:`persona_lens.backends.GenerationBackend` serving ``model``'s
+    checkpoint, e.g. vLLM; None: the HF path on ``model``) generates the conditions' responses,
+    with the same per-row steering; the activations are captured by ``model``'s HF hooks.
     """
     vectors = list(vectors)
     if not vectors:
@@ -340,13 +343,15 @@ def run(
     config = config.replace(layers=tuple(layers))
     axis_names, axis_vecs = _unique_axes(vectors)
     conditions, mrp = _conditions(config, messages, vectors, axis_names, axis_vecs, merged)
+    _, generate_ids = backend_generation(model, backend)
 
     # Every condition x prompt in one batched pass, one steering vector per row.
     all_prompts = [p for _, ps, _ in conditions for p in ps]
     row_vecs = [v for _, ps, v in conditions for _ in ps]
     steering = Steering.per_row(row_vecs, layer, alpha, config.positions)
-    texts = generate(model, all_prompts, max_new_tokens=config.max_new_tokens, temperature=0.0,
-                     batch_size=config.batch_size, steering=steering, progress=progress, desc="projection: generate")
+    texts = [g.text for g in generate_ids(all_prompts, max_new_tokens=config.max_new_tokens, temperature=0.0,
+                                          top_p=1.0, seed=None, batch_size=config.batch_size, steering=steering,
+                                          progress=progress)]
     lp = capture(model, all_prompts, None, layers=layers, reductions=["last_prompt"], batch_size=config.batch_size,
                  steering=steering, progress=progress, desc="projection: last_prompt")["last_prompt"]
     nonempty = [i for i, t in enumerate(texts) if model.tokenizer(t, add_special_tokens=False)["input_ids"]]

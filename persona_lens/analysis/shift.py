@@ -36,7 +36,7 @@ import torch
 
 from ..activations import capture
 from ..chat import Messages, as_messages
-from ..generation import generate
+from ..generation import backend_generation
 from ..io import atomic_write_json, atomic_write_text
 from ..models import check_layer, model_id, n_layers
 from ..steering import Steering
@@ -144,15 +144,17 @@ def shift_from_activations(a_base: torch.Tensor, a_ft: torch.Tensor, units: torc
 
 
 def _shared_responses(base, finetuned, prompts: list[Messages], responses: Sequence[str] | None, config: ShiftConfig,
-                      progress: bool) -> tuple[list[str], str]:
+                      progress: bool, backend=None) -> tuple[list[str], str]:
     """The texts both models read: ``responses`` when given, else greedy ones of the model named
-    by ``config.responses_from``; and where they came from."""
+    by ``config.responses_from`` (through ``backend`` when given, which must serve that model);
+    and where they came from."""
     if responses is not None:
         return list(responses), "given"
     gen_model = finetuned if config.responses_from == "finetuned" else base
-    texts = generate(gen_model, prompts, max_new_tokens=config.max_new_tokens, temperature=0.0,
-                     batch_size=config.batch_size, progress=progress, desc="shift: generate")
-    return texts, config.responses_from
+    _, generate_fn = backend_generation(gen_model, backend)
+    gens = generate_fn(prompts, max_new_tokens=config.max_new_tokens, temperature=0.0, top_p=1.0, seed=None,
+                       batch_size=config.batch_size, steering=None, progress=progress)
+    return [g.text for g in gens], config.responses_from
 
 
 def run(
@@ -164,10 +166,12 @@ def run(
     prompts: Sequence[str | Messages],
     responses: Sequence[str] | None = None,
     progress: bool = True,
+    backend=None,
 ) -> ShiftResult:
     """Per-layer shift along ``vector`` from the loaded model ``base`` to ``finetuned`` (module
-    docstring). ``responses`` overrides generation (the same texts for both models). Empty
-    responses are dropped."""
+    docstring). ``responses`` overrides generation (the same texts for both models); ``backend``
+    (a :class:`persona_lens.backends.GenerationBackend` serving the ``responses_from`` model)
+    generates them instead of the HF path. Empty responses are dropped."""
     vector.check_model(base)
     vector.check_model(finetuned)
     messages = [as_messages(p) for p in prompts]
@@ -181,7 +185,7 @@ def run(
     prompts_k: list[Messages] = messages
     texts_k: list[str] | None = None
     if config.position == "response_mean":
-        texts, source = _shared_responses(base, finetuned, messages, responses, config, progress)
+        texts, source = _shared_responses(base, finetuned, messages, responses, config, progress, backend)
         keep = [i for i, t in enumerate(texts) if t and finetuned.tokenizer(t, add_special_tokens=False)["input_ids"]
                 and base.tokenizer(t, add_special_tokens=False)["input_ids"]]
         if not keep:

@@ -13,6 +13,7 @@ from ..analysis import screen as screen_analysis
 from ..analysis import shift as shift_analysis
 from ..analysis.projection import row_prompt, task_prompts
 from ..analysis.screen import training_row
+from ..backends import make_backend
 from ..blend import blend
 from ..interop import load_vector
 from ..personas import load_persona
@@ -61,7 +62,7 @@ def _scoring_options(f):
 @click.option("--persona", default=None, show_default="the vector's persona",
               help="persona name or spec file whose eval prompt the judge reads")
 @max_new_tokens_option(128, help="response length when --judge generates answers")
-@backend_options(batch_size=8)
+@backend_options(batch_size=8, engine=True)
 def monitor(prompts, vector, layer, chunk_size, out, judge, persona, max_new_tokens, backend) -> int:
     """Score every row of PROMPTS (JSONL; each row 'messages' or 'prompt' with an optional
     'system') by the projection of its last prompt token onto the vector at --layer."""
@@ -72,7 +73,8 @@ def monitor(prompts, vector, layer, chunk_size, out, judge, persona, max_new_tok
     config = monitor_analysis.MonitorConfig(prompts=str(prompts), out=str(out), layer=layer,
                                             max_new_tokens=max_new_tokens, chunk_size=chunk_size,
                                             batch_size=backend.batch_size)
-    result = monitor_analysis.run(model, config, vector=v, judge=judge.build(model, backend.model), spec=spec)
+    result = monitor_analysis.run(model, config, vector=v, judge=judge.build(model, backend.model), spec=spec,
+                                  backend=backend.generator(model))
     folder = result.save(Path(out).with_suffix(".monitor"))
     for name, fig in monitor_viz.figures(result).items():
         save_figure(fig, folder / name)
@@ -175,7 +177,7 @@ def _prompts(prompts_file: Path | None, task: str | None, n: int | None) -> list
 @positions_option()
 @click.option("--no-multi-role", is_flag=True, help="skip the multi-role prompting condition")
 @max_new_tokens_option(128)
-@backend_options(batch_size=8)
+@backend_options(batch_size=8, engine=True)
 def project(vectors, merged, layer, alpha, prompts_file, task, n, out, positions, no_multi_role, max_new_tokens,
             backend) -> int:
     """Project the activation shifts of persona prompting, multi-role prompting and steering
@@ -187,7 +189,8 @@ def project(vectors, merged, layer, alpha, prompts_file, task, n, out, positions
     config = projection_analysis.ProjectionConfig(layer=layer, alpha=alpha, multi_role=not no_multi_role,
                                                   positions=positions, max_new_tokens=max_new_tokens,
                                                   batch_size=backend.batch_size)
-    result = projection_analysis.run(model, config, vectors=axes, prompts=prompts, merged=merged_vector)
+    result = projection_analysis.run(model, config, vectors=axes, prompts=prompts, merged=merged_vector,
+                                     backend=backend.generator(model))
     result.save(out)
     figures = {name: str(save_figure(fig, out / name)) for name, fig in projection_viz.figures(result).items()}
     li = result.layers.index(layer) if layer in result.layers else -1
@@ -211,7 +214,7 @@ def project(vectors, merged, layer, alpha, prompts_file, task, n, out, positions
 @click.option("--responses-from", type=click.Choice(["finetuned", "base"]), default="finetuned",
               help="which model writes the responses both models read")
 @max_new_tokens_option(128)
-@backend_options(model=False, batch_size=8)
+@backend_options(model=False, batch_size=8, engine=True)
 def shift(base, finetuned, vector, prompts_file, persona, n, out, position, responses_from, max_new_tokens,
           backend) -> int:
     """Mean projection of (fine-tuned - base) activations onto the vector, per layer."""
@@ -228,7 +231,9 @@ def shift(base, finetuned, vector, prompts_file, persona, n, out, position, resp
     base_model, ft_model = backend.load(base), backend.load(finetuned)
     config = shift_analysis.ShiftConfig(position=position, responses_from=responses_from,
                                         max_new_tokens=max_new_tokens, batch_size=backend.batch_size)
-    result = shift_analysis.run(base_model, config, finetuned=ft_model, vector=v, prompts=prompts)
+    gen_name, gen_model = (finetuned, ft_model) if responses_from == "finetuned" else (base, base_model)
+    result = shift_analysis.run(base_model, config, finetuned=ft_model, vector=v, prompts=prompts,
+                                backend=make_backend(backend.engine, gen_model, model_name=gen_name))
     result.save(out)
     figures = {name: str(save_figure(fig, out / name)) for name, fig in shift_viz.figures(result).items()}
     click.echo(json.dumps({"out": str(out), "figures": figures,

@@ -12,7 +12,16 @@ from ..demo import run_demo, set_threads
 from ..interop import load_vector
 from ..personas import load_persona
 from ..viz import sweep as sweep_viz
-from .options import INPUT_FILE, Backend, NumberList, OutputPath, backend_options, judge_options, max_new_tokens_option
+from .options import (
+    INPUT_FILE,
+    Backend,
+    NumberList,
+    OutputPath,
+    backend_options,
+    engine_option,
+    judge_options,
+    max_new_tokens_option,
+)
 
 THREADS_HELP = "torch CPU threads: a number, 'default' (torch's) or 'auto' (1 when the machine is oversubscribed)"
 
@@ -71,11 +80,13 @@ def sweep(vector, persona, out, layers, alphas, alpha_mode, n_eval, n_steer, rea
 @click.option("--threads", default="auto", callback=_threads, help=THREADS_HELP)
 @click.option("--force", is_flag=True, help="rerun every stage even when cached")
 @click.option("--no-progress", is_flag=True, help="no progress bars (stage lines still print)")
-def demo(out, quick, model, judge, threads, force, no_progress) -> int:
+@engine_option()
+def demo(out, quick, model, judge, threads, force, no_progress, engine) -> int:
     """Run (or resume) the whole pipeline on the embedded model, offline, into --out with report.html."""
     Backend(model, None, None).check()
     summary = run_demo(out, quick=quick, model=model, judge=judge.spec, judge_base_url=judge.base_url,
-                       judge_api_key_env=judge.api_key_env, threads=threads, force=force, progress=not no_progress)
+                       judge_api_key_env=judge.api_key_env, threads=threads, force=force, progress=not no_progress,
+                       backend=engine)
     for lines in summary["summary"].values():
         for line in lines:
             click.echo(f"- {line}")

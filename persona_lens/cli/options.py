@@ -213,7 +213,7 @@ def _engine_available(ctx, param, value: str) -> str:
     return value
 
 
-def _engine_option() -> Callable:
+def engine_option() -> Callable:
     """``--backend hf|vllm``: who generates (the one definition, for every generating command)."""
     return click.option("--backend", "engine", type=click.Choice(sorted(BACKENDS)), default="hf",
                         callback=_engine_available,
@@ -237,7 +237,7 @@ def backend_options(*, model: bool = True, batch_size: int | None = 8,
     if batch_size is not None:
         options.append(click.option("--batch-size", type=click.IntRange(min=1), default=batch_size, help=batch_help))
     if engine:
-        options.append(_engine_option())
+        options.append(engine_option())
 
     def decorate(f: Callable) -> Callable:
         @functools.wraps(f)

@@ -30,7 +30,9 @@ extracting the new model's vectors from the old model's answers.
 The default trait judge is the offline embedding proxy (``--judge embedding``; per persona a
 logistic regression on MiniLM embeddings fitted on that persona's extraction answers), not the
 papers' LLM judge; ``--judge none`` drops trait scores, ``openai:MODEL``/``local:MODEL`` use
-the spec's eval prompt.
+the spec's eval prompt. ``--backend vllm`` generates every answer on a vLLM engine (same
+checkpoint; activations are still read by the model's HF hooks); the demo decodes greedily, so
+the stages' caches are shared with ``--backend hf``.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from typing import Any
 
 import torch
 
+from ..backends import GenerationBackend
 from ..runs.stages import StageRunner
 from .config import SCREEN_TRAIT, DemoConfig
 from .findings import answer_metrics, compute_findings
@@ -51,20 +54,24 @@ __all__ = ["SCREEN_TRAIT", "Demo", "DemoConfig", "StageRunner", "answer_metrics"
 
 def run_demo(out: str | os.PathLike, *, quick: bool = False, model: str | Any = "default", judge: str = "embedding",
              threads: int | str | None = "auto", force: bool = False, progress: bool = True, stream=None,
-             **overrides) -> dict:
+             backend: str | GenerationBackend = "hf", **overrides) -> dict:
     """Run (or resume) the demo into ``out``; returns the summary (also ``out/summary.json``).
 
     ``model``: a name for :func:`persona_lens.models.load_model` (loaded only if a stage needs
-    it) or an already loaded model. ``threads``: torch CPU threads; ``"auto"`` keeps torch's
-    default unless the machine is oversubscribed (1-minute load average above the core count),
-    then uses 1 thread (OpenMP spin-waiting makes oversubscribed multi-threading many times
-    slower). ``overrides`` replace :class:`DemoConfig` fields.
+    it) or an already loaded model. ``backend``: who generates, a name of
+    :data:`persona_lens.backends.BACKENDS` (built on the model when a stage first generates) or a
+    :class:`~persona_lens.backends.GenerationBackend` serving the model's checkpoint (its ``name``
+    is recorded). ``threads``: torch CPU threads; ``"auto"`` keeps torch's default unless the
+    machine is oversubscribed (1-minute load average above the core count), then uses 1 thread
+    (OpenMP spin-waiting makes oversubscribed multi-threading many times slower). ``overrides``
+    replace :class:`DemoConfig` fields.
     """
     set_threads(threads)
     name = model if isinstance(model, str) else getattr(model, "persona_lens_key", None) or "default"
-    cfg = (DemoConfig.quick_config if quick else DemoConfig.full)(model=name, judge=judge, **overrides)
-    demo = Demo(out, cfg, model=None if isinstance(model, str) else model, progress=progress, force=force,
-                stream=stream)
+    engine = backend if isinstance(backend, str) else backend.name
+    cfg = (DemoConfig.quick_config if quick else DemoConfig.full)(model=name, judge=judge, backend=engine, **overrides)
+    demo = Demo(out, cfg, model=None if isinstance(model, str) else model,
+                backend=None if isinstance(backend, str) else backend, progress=progress, force=force, stream=stream)
     return demo.run()
 
 

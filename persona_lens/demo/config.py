@@ -22,6 +22,10 @@ class DemoConfig:
     judge: str = "embedding"
     judge_base_url: str | None = None  # for an openai:MODEL judge (None: $OPENAI_BASE_URL or OpenAI)
     judge_api_key_env: str = "OPENAI_API_KEY"
+    # who generates (persona_lens.backends: hf | vllm); capture stays on the model's HF hooks. Every
+    # demo generation is greedy, token-identical on both backends in fp32, so no stage hash holds it
+    # (as greedy rows of the resume stores share fingerprints across backends).
+    backend: str = "hf"
     batch_size: int = 16
     # extraction
     n_pairs: int = 4

@@ -18,9 +18,10 @@ from .._version import __version__
 from ..analysis import projection, screen, sweep
 from ..analysis.monitor import monitor_scores
 from ..analysis.projection import multi_role_system_prompt, task_prompts
+from ..backends import GenerationBackend, make_backend
 from ..blend import blend
 from ..extraction import extract
-from ..generation import generate_contrastive
+from ..generation import backend_generation, generate_contrastive
 from ..io import atomic_write_json, json_safe, read_jsonl
 from ..judges import make_judge, needs_fit
 from ..models import load_model, n_layers
@@ -37,11 +38,12 @@ from .screen_data import screen_data
 
 
 class Demo:
-    def __init__(self, out: str | os.PathLike, config: DemoConfig, *, model=None, progress: bool = True,
-                 force: bool = False, stream=None):
+    def __init__(self, out: str | os.PathLike, config: DemoConfig, *, model=None,
+                 backend: GenerationBackend | None = None, progress: bool = True, force: bool = False, stream=None):
         self.out = Path(out)
         self.cfg = config
         self._model = model
+        self._backend = backend
         self.progress = progress
         self.stream = stream if stream is not None else sys.stderr
         self.out.mkdir(parents=True, exist_ok=True)
@@ -67,6 +69,14 @@ class Demo:
             self.model_loaded_here = True
             self.log(f"model loaded in {time.perf_counter() - t:.1f}s")
         return self._model
+
+    @property
+    def backend(self) -> GenerationBackend:
+        """Who generates: the backend given, else ``config.backend`` built on :attr:`model` (vLLM
+        boots on first use)."""
+        if self._backend is None:
+            self._backend = make_backend(self.cfg.backend, self.model, model_name=self.cfg.model)
+        return self._backend
 
     def rel(self, p: Path | str) -> str:
         return str(Path(p).relative_to(self.out))
@@ -115,14 +125,14 @@ class Demo:
         """The rows of this run's extraction of ``name`` (a resume: nothing is generated), not the
         stale rows an earlier run with other settings left in the same file."""
         return generate_contrastive(self.model, self.sub_spec(name), self.out / "responses" / f"{name}.jsonl",
-                                    progress=False, **self.extract_settings())
+                                    progress=False, backend=self.backend, **self.extract_settings())
 
     def stage_extract(self, name: str) -> dict:
         spec = self.sub_spec(name)
         out = self.out / "vectors" / f"{name}.safetensors"
         resp = self.out / "responses" / f"{name}.jsonl"
         vec, report = extract(self.model, spec, out, responses_path=resp, progress=self.progress,
-                              **self.extract_settings())
+                              backend=self.backend, **self.extract_settings())
         norms = vec.norms()
         return {"persona": name, "vector": self.rel(out), "responses": self.rel(resp),
                 "n_pos": report["n_pos"], "n_neg": report["n_neg"], "n_pairs": len(spec.instruction),
@@ -147,7 +157,8 @@ class Demo:
                                    n_eval=self.cfg.sweep_eval, n_steer=self.cfg.sweep_steer,
                                    max_new_tokens=self.cfg.sweep_tokens, batch_size=self.cfg.batch_size)
         res = sweep.run(self.model, config, vector=self.vector(name), spec=self.spec(name),
-                        judge=self.judge_for(name), resume_dir=self.out / "sweep", progress=self.progress)
+                        judge=self.judge_for(name), resume_dir=self.out / "sweep", progress=self.progress,
+                        backend=self.backend)
         res.save(self.out / "sweep")
         sweep_viz.save_figures(res, self.out / "sweep")
         rec = res.recommendation
@@ -183,7 +194,7 @@ class Demo:
                 layer=layer, alpha=alpha, multi_role_prompt=multi_role_system_prompt(list(self.cfg.personas)),
                 max_new_tokens=self.cfg.aut_tokens, batch_size=self.cfg.batch_size)
             res = projection.run(self.model, config, vectors=vecs, prompts=prompts, merged=self.vector("billy_merged"),
-                                 progress=self.progress)
+                                 progress=self.progress, backend=self.backend)
             coh = {c: _mean(answer_metrics(x)["coherence"] for x in res.responses[c]) for c in ("none", "merged")}
             ok = (coh["merged"] or 0.0) >= 0.75 * (coh["none"] or 0.0)
             attempts.append({"alpha": alpha, "alpha_frac": frac, "coherence": coh, "passes_guard": ok})
@@ -233,12 +244,13 @@ class Demo:
                 "files": ["monitor/monitor.json"]}
 
     def stage_screen(self, layer: int) -> dict:
-        data, source = screen_data(self.out / "screen", self.cfg, lambda: self.model, progress=self.progress)
+        data, source = screen_data(self.out / "screen", self.cfg,
+                                   lambda: backend_generation(self.model, self.backend)[1], progress=self.progress)
         vec = self.vector(self.cfg.screen_trait)
         out = self.out / "screen" / "screened.jsonl"
         config = screen.ScreenConfig(data=str(data), out=str(out), layer=layer, top_k=5,
                                      max_new_tokens=self.cfg.screen_tokens, batch_size=self.cfg.batch_size)
-        summary = screen.run(self.model, config, vector=vec, progress=self.progress)
+        summary = screen.run(self.model, config, vector=vec, progress=self.progress, backend=self.backend)
         summary.save(self.out / "screen")
         rows = read_jsonl(out)
         labels = [str(row_label(r)) for r in rows]
@@ -268,6 +280,7 @@ class Demo:
         t0 = time.perf_counter()
         cfg = self.cfg
         self.log(f"persona_lens {__version__} demo -> {self.out} ({'quick' if cfg.quick else 'full'}; model {cfg.model})")
+        # Not cfg.backend: every stage decodes greedily, the same on every backend (see DemoConfig.backend).
         base = {"model": cfg.model, "batch_size": cfg.batch_size}
         run = self.stages.run
         ex = {}

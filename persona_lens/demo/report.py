@@ -34,7 +34,7 @@ def build_demo_report(out: str | os.PathLike, cfg, results: dict, findings: dict
     rep = Report("persona_lens demo: Persona Vectors and BILLY on "
                  f"{nums.get('model_id', cfg.model)}",
                  f"{'quick' if cfg.quick else 'full'} run · personas {', '.join(personas)} · screening trait "
-                 f"{cfg.screen_trait} · judge {cfg.judge} · greedy decoding")
+                 f"{cfg.screen_trait} · judge {cfg.judge} · greedy decoding ({cfg.backend})")
 
     def save(fig, name: str, data=None):
         viz.save_figure(fig, figdir / name, data=data, static=False)

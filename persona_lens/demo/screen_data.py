@@ -5,20 +5,21 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from ..analysis.screen import screen_demo_path
-from ..generation import generate
+from ..generation import GenerateIds
 from ..io import atomic_write_json, atomic_write_text, iter_jsonl
 from ..personas import load_persona
 from .config import DemoConfig
 from .findings import row_label
 
 
-def screen_data(folder: Path, cfg: DemoConfig, model: Callable[[], Any], *, progress: bool = True) -> tuple[Path, str]:
+def screen_data(folder: Path, cfg: DemoConfig, generator: Callable[[], GenerateIds], *,
+                progress: bool = True) -> tuple[Path, str]:
     """The mixed data set in ``folder``: the packaged one when present (first ``screen_rows``
-    rows, sources balanced by taking rows in file order), else pos/neg answers generated here
-    (``model()`` loads the model only then)."""
+    rows, sources balanced by taking rows in file order), else pos/neg answers generated here,
+    greedily, by the ``generate_ids`` of a backend that ``generator()`` (called, and the model
+    loaded, only then) returns."""
     path = folder / "data.jsonl"
     src = screen_demo_path()
     if src.exists():
@@ -41,9 +42,9 @@ def screen_data(folder: Path, cfg: DemoConfig, model: Callable[[], Any], *, prog
     for i, q in enumerate(qs):
         pair = spec.instruction[i % len(spec.instruction)]
         items += [(q, pair.pos, cfg.screen_trait), (q, pair.neg, "neutral")]
-    texts = generate(model(), [[{"role": "system", "content": s}, {"role": "user", "content": q}]
-                               for q, s, _ in items], max_new_tokens=cfg.screen_tokens,
-                     batch_size=cfg.batch_size, progress=progress, desc="screen: data")
+    prompts = [[{"role": "system", "content": s}, {"role": "user", "content": q}] for q, s, _ in items]
+    texts = [g.text for g in generator()(prompts, max_new_tokens=cfg.screen_tokens, temperature=0.0, top_p=1.0,
+                                         seed=None, batch_size=cfg.batch_size, steering=None, progress=progress)]
     atomic_write_text(path, "".join(json.dumps({"prompt": q, "response": t, "label": lab}, ensure_ascii=False) + "\n"
                                     for (q, _, lab), t in zip(items, texts)))
     return path, f"generated: {len(qs)} held-out {cfg.screen_trait} questions answered under its pos/neg prompts"
