@@ -238,13 +238,15 @@ class OpenAITestServer:
                         reply = server._next_reply(request)
                     if reply.delay:
                         time.sleep(reply.delay)
-                    if reply.drop:
-                        self.close_connection = True
-                        return
-                    self._respond(reply)
                 finally:
+                    # Out of flight before the answer leaves: once the client has it, it may send its
+                    # next request at once, and this thread must not still count the old one.
                     with server._lock:
                         server._in_flight -= 1
+                if reply.drop:
+                    self.close_connection = True
+                    return
+                self._respond(reply)
 
             def _respond(self, reply: Reply) -> None:
                 payload = reply.encoded()
