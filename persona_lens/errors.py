@@ -65,3 +65,51 @@ class ContextLengthError(PersonaLensError, ValueError):
 
 class NoEffectivePairsError(PersonaLensError, ValueError):
     """Judge filtering removed every contrastive pair: nothing is left to extract from."""
+
+
+class OperatorError(PersonaLensError, ValueError):
+    """A steering operator cannot be built: an unknown operator, ``cap`` without bounds or with
+    lo > hi, an ``alpha`` given to ``ablate``/``cap``, a zero direction, or two projections
+    combined at one layer."""
+
+
+class CalibratedJudgeFileError(JudgeError, ValueError):
+    """A calibrated judge file is missing, malformed, or not a persona_lens calibrated judge."""
+
+
+class WeakCalibrationError(JudgeError):
+    """A calibrated judge agrees with its teacher judge less than required (cross-validated
+    Pearson r below ``min_r``): it is neither saved nor used unless forced."""
+
+
+class NoDoseCardError(PersonaLensError, ValueError):
+    """A vector file has no dose card (``--strength`` needs one: run ``persona-lens calibrate``)."""
+
+
+class StrengthOutOfRangeError(PersonaLensError, ValueError):
+    """A calibrated ``--strength`` the dose card's coherent curve does not reach."""
+
+
+class BudgetError(PersonaLensError, ValueError):
+    """A judge-call budget is too small for the search asked of it (autotune)."""
+
+
+class FoldError(PersonaLensError, ValueError):
+    """A weight-folded export cannot be written: the output folder is already there, or the
+    model has no GGUF source to copy."""
+
+
+class FoldUnsupportedError(FoldError):
+    """The model's architecture has no weight slot that adds a constant to the residual stream
+    after a layer (its sublayer outputs are normalized before the residual add, or it has no
+    bias option there), so steering cannot be folded into its weights."""
+
+
+class LexiconFileError(JudgeError, ValueError):
+    """A lexicon judge file is missing, not JSON, or malformed (unknown key, bad regex,
+    non-numeric weight, no markers), or is applied to another persona than its trait."""
+
+
+class MonitorLevelsError(PersonaLensError, ValueError):
+    """The graded system prompts of the monitoring experiment are malformed (a levels file that is
+    not JSON, fewer than 2 levels, a level without name/strength/system, a repeated name)."""

@@ -20,10 +20,12 @@ inside the step:
   for free; a ``[d_model]`` vector is broadcast into it), and ``gate`` is computed with tensor
   ops from the position ids the layer receives and two per-row thresholds, so the
   ``"response"``/``"prompt"``/``"all"`` semantics of :class:`persona_lens.steering.Steering`
-  hold in prefill and in decoding without any Python branch. Every layer is always wrapped (zero
-  deltas where unsteered), so changing the vector, alpha, layer or positions between calls is a
-  ``copy_`` into buffers: the same graph, no recompilation, and alpha = 0 gives exactly the
-  unsteered output of this path.
+  hold in prefill and in decoding without any Python branch. The operators (``add``,
+  ``ablate``, ``cap``: :mod:`persona_lens.operators`) are one formula over per-row buffers
+  (``delta``, ``unit``, ``bounds``), so rows may mix them. Every layer is always wrapped (zero
+  deltas and units where unsteered), so changing the vector, alpha, operator, layer or positions
+  between calls is a ``copy_`` into buffers: the same graph, no recompilation, and alpha = 0
+  gives exactly the unsteered output of this path.
 
 Positions. Rows are left padded to a common width ``W`` and given HF's position ids (``cumsum``
 of the mask minus one), which are then each token's index among its row's real tokens: row ``i``
@@ -67,7 +69,7 @@ from torch import Tensor
 
 from .chat import Messages, as_messages, prompt_ids
 from .errors import FastPathLimitError, LayerOutOfRangeError, VectorShapeError
-from .fast_graph import GateState, SteeredLayer, own_code
+from .fast_graph import GateState, SteeredLayer, own_code, static_cache
 from .generation import Generation, _left_pad, eos_ids, padding_id, seeded_rng, to_generation
 from .models import check_layer, d_model, decoder, decoder_layers, hf_causal_lm, model_device, model_dtype, n_layers
 from .native import native
@@ -126,8 +128,8 @@ class CompiledSteeredGenerator:
 
         originals = decoder_layers(model)
         self._state = GateState(self.max_batch_size, self.device)
-        self._wrappers = {l: SteeredLayer(originals[l], self._state, self.max_batch_size, self.width,
-                                           self.dtype, self.device) for l in self.layers}
+        self._wrappers = {l: SteeredLayer(originals[l], self._state, self.max_batch_size, self.width, self.device)
+                          for l in self.layers}
         b, L = self.max_batch_size, self.max_cache_len
         # Step inputs live at fixed addresses and are updated in place (no per-step allocation;
         # CUDA graphs read them without a copy).
@@ -135,7 +137,7 @@ class CompiledSteeredGenerator:
         self._pos = torch.zeros((b, 1), dtype=torch.long, device=self.device)
         self._mask = torch.ones((b, L), dtype=torch.long, device=self.device)
         for t in [self._ids, self._pos, self._mask, self._state.lo, self._state.hi,
-                  *(w.delta for w in self._wrappers.values())]:
+                  *(b for w in self._wrappers.values() for b in (w.delta, w.unit, w.bounds))]:
             torch._dynamo.mark_static_address(t)
         self._cache = None
         self._step: Callable[[Tensor, Tensor, Tensor], Tensor] | None = self._decode
@@ -168,7 +170,7 @@ class CompiledSteeredGenerator:
     def _load_steering(self, steering: Steering | None, batch: int, lengths: Sequence[int]) -> None:
         with torch.no_grad():
             for w in self._wrappers.values():
-                w.delta.zero_()
+                w.clear()
             positions = "all" if steering is None else steering.positions
             n = torch.tensor(list(lengths) + [1] * (self.max_batch_size - batch), dtype=torch.long)
             lo, hi = window(positions, n)
@@ -176,15 +178,19 @@ class CompiledSteeredGenerator:
             self._state.hi.copy_(hi)
             if steering is None:
                 return
-            for layer, delta in steering.deltas.items():
+            for layer in steering.layers:
                 if layer not in self._wrappers:
                     raise LayerOutOfRangeError(
                         f"layer {layer} is not steerable by this generator (built with layers={list(self.layers)})")
-                # [d] broadcasts to every row; [batch, d] (per row) was checked against batch by _check
-                self._wrappers[layer].delta[:batch].copy_(delta.to(device=self.device, dtype=self.dtype).expand(batch, -1))
+            # [d] / [2] broadcast to every row; [batch, ...] (per row) was checked against batch by _check
+            for part, name in ((steering.deltas, "delta"), (steering.units, "unit"), (steering.bounds, "bounds")):
+                for layer, t in part.items():
+                    buf = getattr(self._wrappers[layer], name)
+                    buf[:batch].copy_(t.to(device=self.device, dtype=torch.float32).expand(batch, -1))
 
     def steering_buffers(self) -> dict[int, Tensor]:
-        """The live per-layer delta buffers (``[max_batch_size, d_model]``), for inspection."""
+        """The live per-layer float32 delta buffers (``[max_batch_size, d_model]``), for inspection
+        (the projection's are each wrapper's ``unit`` and ``bounds``)."""
         return {l: w.delta for l, w in self._wrappers.items()}
 
     # ------------------------------------------------------------------ model plumbing
@@ -206,23 +212,6 @@ class CompiledSteeredGenerator:
             finally:
                 for key, original in swapped:
                     container._modules[key] = original
-
-    def _new_cache(self):
-        """A ``StaticCache`` whose sliding-window layers are full-length static layers.
-
-        transformers' ``StaticSlidingWindowLayer`` tracks its length in a Python int that the
-        mask code reads, so a compiled step would be recompiled at every token (Gemma 2/3,
-        Mistral-style sliding windows). A full-length layer holds every position instead and the
-        sliding window is applied by the mask alone (``create_sliding_window_causal_mask`` works
-        on absolute cache indices), which is the same attention as HF's dynamic cache computes.
-        """
-        from transformers import StaticCache
-        from transformers.cache_utils import StaticLayer, StaticSlidingWindowLayer
-
-        cache = StaticCache(config=self.hf.config, max_cache_len=self.max_cache_len)
-        cache.layers = [StaticLayer(max_cache_len=self.max_cache_len) if isinstance(layer, StaticSlidingWindowLayer)
-                        else layer for layer in cache.layers]
-        return cache
 
     def _forward(self, input_ids: Tensor, position_ids: Tensor, attention_mask: Tensor) -> Tensor:
         out = self.hf(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
@@ -341,7 +330,7 @@ class CompiledSteeredGenerator:
         with torch.inference_mode(), self._installed(), rng:
             self._load_steering(steering, batch, [len(p) for p in chunk])
             if self._cache is None:
-                self._cache = self._new_cache()
+                self._cache = static_cache(self.hf.config, self.max_cache_len)
             else:
                 self._cache.reset()
             self._mask.copy_(full_mask)

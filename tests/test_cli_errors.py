@@ -306,8 +306,9 @@ def test_commands_in_workflow_order():
     out = run_cli(["--help"]).stdout
     listed = [line.split()[0] for line in out.split("Commands:")[1].splitlines() if line.startswith("  ") and
               not line.startswith("    ")]
-    assert listed == ["info", "persona", "extract", "sweep", "steer", "generate", "monitor", "screen", "blend",
-                      "project", "shift", "eval", "export", "import", "serve", "demo"]
+    assert listed == ["info", "persona", "extract", "sweep", "calibrate", "autotune", "steer", "generate", "monitor",
+                      "screen", "blend", "project", "shift", "eval", "judge", "export", "import", "fold", "serve",
+                      "demo"]
 
 
 def _all_commands(group, prefix=()):

@@ -170,6 +170,9 @@ def test_changing_steering_does_not_recompile(compiled_gen):
         Steering.from_vector(V1, [5, 25], [1.0, -3.0, 2.0], "prompt"),  # per-row alphas, two layers
         _per_row(),
         Steering.from_vector(V1, LAYER, 0.0),
+        Steering.from_vector(V1, LAYER, operator="ablate"),  # operators are buffers too: same graph
+        Steering.from_vector(V2, [3, 20], positions="all", operator="cap", cap=(-1.0, None)),
+        Steering.from_vector(V1, LAYER, operator="ablate").combine(Steering.from_vector(V2, LAYER, 5.0)),
     ]
     with torch._dynamo.config.patch(error_on_recompile=True):
         for steering in variants:

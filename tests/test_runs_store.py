@@ -250,3 +250,24 @@ def test_resume_after_kill_minus_9_finishes_with_exactly_the_uninterrupted_rows(
     rows = list(iter_jsonl(path))
     assert [r["item"] for r in rows] == list(range(40))  # nothing lost, nothing duplicated
     assert all(r["text"] == f"row {r['item']}" for r in rows)
+
+
+def test_steering_fingerprint_tells_operators_apart():
+    """An ablate or cap steering holds no additive delta; its fingerprint must still differ from
+    no steering, from each other and across cap bounds, or a resumed row would be reused."""
+    import torch
+
+    from persona_lens.runs.fingerprint import steering_fingerprint
+    from persona_lens.steering import Steering
+
+    v = torch.arange(1.0, 9.0)
+    prints = [
+        steering_fingerprint(Steering({}, "response")),
+        steering_fingerprint(Steering.from_vector(v, 1, 2.0)),
+        steering_fingerprint(Steering.from_vector(v, 1, operator="ablate")),
+        steering_fingerprint(Steering.from_vector(v, 1, operator="cap", cap=(-1.0, 1.0))),
+        steering_fingerprint(Steering.from_vector(v, 1, operator="cap", cap=(-1.0, 2.0))),
+        steering_fingerprint(Steering.from_vector(v, 2, operator="ablate")),
+    ]
+    assert len(set(prints)) == len(prints)
+    assert steering_fingerprint(None) is None

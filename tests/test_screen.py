@@ -67,7 +67,7 @@ def test_response_projection_by_hand(monkeypatch):
         assert reductions == ["response_mean"] and layers == [1] and len(responses) == 2
         return Captured([1], {"response_mean": acts[:, None, :]})
 
-    monkeypatch.setattr("persona_lens.analysis.screen.capture", fake_capture)
+    monkeypatch.setattr("persona_lens.analysis.screen.single.capture", fake_capture)
     tok = lambda text, add_special_tokens=False: {"input_ids": list(text)}  # noqa: E731
     model = type("M", (), {"tokenizer": staticmethod(tok)})()
     out = response_projections(model, VEC, 1, [[{"role": "user", "content": "x"}]] * 3, ["ab", "", "c"])

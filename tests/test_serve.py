@@ -26,6 +26,7 @@ from persona_lens import testing
 from persona_lens.blend import blend
 from persona_lens.chat import make_messages
 from persona_lens.cli.serve import serve_command
+from persona_lens.dose import CARD_KEY, DoseCard, LayerCurve
 from persona_lens.generation import generate
 from persona_lens.serve import HFBackend, ServerThread, create_app, load_vectors
 from persona_lens.steering import Steering
@@ -427,3 +428,74 @@ def test_serve_command_end_to_end(tmp_path, default_model):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+# --------------------------------------------------------------------------- calibrated strength (dose cards)
+
+
+def test_strength_maps_through_the_dose_card(tiny_model):
+    """strength 0.5 on a card with baseline 10, positive 50 and layer-1 means 10, 20, 40 at alphas
+    0, 1, 2 is alpha 1.5 (target 30, half-way between 20 and 40): the same text as alpha 1.5."""
+    card = DoseCard(persona="dosed", model_id=None, judge="fake", positions="response", baseline={"mean": 10.0},
+                    positive={"mean": 50.0}, best_layer=1,
+                    curves=[LayerCurve(1, [0.0, 1.0, 2.0], [10.0, 20.0, 40.0], [None] * 3, [None] * 3, [0.8] * 3)])
+    dosed = testing.tiny_vector(tiny_model, 5, "dosed")
+    dosed.metadata[CARD_KEY] = card.to_dict()
+    plain = testing.tiny_vector(tiny_model, 6, "plain")
+    app = create_app(HFBackend(tiny_model), {"dosed": dosed, "plain": plain}, model_name=TINY, batch_wait_ms=10)
+    with TestClient(app) as c:
+        listed = c.get("/v1/models").json()["data"][0]["persona_vectors"]
+        assert {p["name"]: p["dose_card"] for p in listed} == {"dosed": True, "plain": False}
+        r = chat(c, "tell me a story", persona="dosed", strength=0.5)
+        assert r.status_code == 200, r.text
+        steering = r.json()["steering"]
+        assert steering["alpha"] == pytest.approx(1.5) and steering["layers"] == [1] and steering["strength"] == 0.5
+        expected = solo(tiny_model, "tell me a story", dosed, [1], 1.5)
+        assert r.json()["choices"][0]["message"]["content"] == expected
+        assert expected != solo(tiny_model, "tell me a story", dosed, [1], 0.0)  # the check can fail
+        by_alpha = chat(c, "tell me a story", persona="dosed", alpha=1.5, layer=1)
+        assert by_alpha.json()["choices"][0]["message"]["content"] == expected
+        refused = {
+            "no card": (chat(c, persona="plain", strength=0.5), "strength", "no_dose_card"),
+            "out of range": (chat(c, persona="dosed", strength=2.0), "strength", "strength_out_of_range"),
+            "both": (chat(c, persona="dosed", strength=0.5, alpha=1.0), "strength", None),
+            "blend": (chat(c, persona=["dosed", "plain"], strength=0.5), "strength", None),
+            "two layers": (chat(c, persona="dosed", strength=0.5, layers=[0, 1]), "layers", None),
+            "no persona": (chat(c, strength=0.5), "strength", None),
+        }
+        for what, (resp, param, code) in refused.items():
+            assert resp.status_code == 400, what
+            err = resp.json()["error"]
+            assert err["param"] == param, what
+            if code is not None:
+                assert err["code"] == code, what
+
+
+def test_operators_in_one_shared_batch_equal_solo(tiny_model, tiny_vectors):
+    """add / ablate / cap requests sent together share one generate call and each gets what its
+    own Steering gives alone; malformed operator requests get OpenAI 400s."""
+    app = create_app(HFBackend(tiny_model), tiny_vectors, model_name=TINY, batch_wait_ms=300)
+    requests = {
+        "add": ({"persona": "wild", "alpha": 0.06, "layer": 1}, Steering.from_vector(tiny_vectors["wild"], [1], 0.06)),
+        "ablate": ({"persona": "calm", "operator": "ablate", "layer": 1},
+                   Steering.from_vector(tiny_vectors["calm"], [1], operator="ablate")),
+        "cap": ({"persona": "odd", "operator": "cap", "cap": [None, 0.0], "layer": 2},
+                Steering.from_vector(tiny_vectors["odd"], [2], operator="cap", cap=(None, 0.0))),
+    }
+    with TestClient(app) as c, ThreadPoolExecutor(3) as pool:
+        futures = {k: pool.submit(chat, c, "tell me a story", **body) for k, (body, _) in requests.items()}
+        got = {k: f.result() for k, f in futures.items()}
+        calls = list(app.state.batcher.calls)
+        bad = [chat(c, persona="calm", operator="ablate", alpha=1.0, layer=1),
+               chat(c, persona="calm", operator="cap", layer=1),
+               chat(c, persona="calm", operator="shrink", layer=1),
+               chat(c, persona="calm", alpha=1.0, cap=[0, 1], layer=1)]
+    for name, (_, steering) in requests.items():
+        assert got[name].status_code == 200, got[name].text
+        want = generate(tiny_model, [make_messages("tell me a story")], max_new_tokens=MAX, temperature=0.0,
+                        steering=steering, progress=False)[0]
+        assert got[name].json()["choices"][0]["message"]["content"] == want
+    assert got["ablate"].json()["steering"]["operator"] == "ablate"
+    assert max(calls) > 1  # batched together
+    assert [r.status_code for r in bad] == [400] * 4
+    assert [r.json()["error"]["param"] for r in bad] == ["alpha", "cap", "operator", "cap"]

@@ -87,3 +87,15 @@ def test_mean_std_and_nanmean_by_hand():
     assert stats.mean_std(np.arange(10.0))[1] == pytest.approx(np.std(np.arange(10.0), ddof=1))
     assert stats.nanmean([1.0, None, 3.0, float("nan")]) == 2.0
     assert math.isnan(stats.nanmean([None]))
+
+
+def test_mean_t_interval_and_mean_ci_equal_scipy():
+    """One Student-t rule for dose cards (sample std) and the screen (population std of a stream)."""
+    mean_ci, mean_t_interval = stats.mean_ci, stats.mean_t_interval
+    x = np.array([3.0, 7.5, 1.0, 9.0, 4.25])
+    want = sps.t.interval(0.9, len(x) - 1, loc=x.mean(), scale=sps.sem(x))
+    assert mean_t_interval(x.mean(), x.std(ddof=0), len(x), 0.9) == pytest.approx(want)
+    assert mean_t_interval(x.mean(), x.std(ddof=1), len(x), 0.9, ddof=1) == pytest.approx(want)
+    got = mean_ci([*x.tolist(), None, float("nan")], 0.9)
+    assert (got["ci_low"], got["ci_high"]) == pytest.approx(want) and got["n"] == 5
+    assert mean_t_interval(1.0, 0.0, 1) == (None, None)

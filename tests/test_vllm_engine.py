@@ -169,3 +169,62 @@ def test_seeded_sampling_is_reproducible_and_rows_differ(engine):
     first = sample()
     assert first == sample()
     assert first[0] != first[1]
+
+
+# --------------------------------------------------------------------------- operators: ablate and cap
+
+
+@pytest.fixture(scope="module")
+def used_direction(hf):
+    """A direction SmolLM2's stream really uses at LAYER (the mean of a few prompts' tokens there):
+    ablating or capping a random direction would change too little to show."""
+    from persona_lens.native import native
+
+    enc = hf.tokenizer(PROMPTS[:3], return_tensors="pt", padding=True)
+    with torch.no_grad(), native(hf) as model:
+        h = model(**enc, output_hidden_states=True).hidden_states[LAYER + 1]
+    return h[enc["attention_mask"].bool()].mean(0)
+
+
+@pytest.mark.parametrize("operator", ["ablate", "cap"])
+def test_operator_matches_hf(engine, hf, used_direction, operator):
+    """ablate (response) and cap (all; projection capped at 0 from above) on the engine equal the
+    HF hook path token for token (fp32, greedy)."""
+    steering = (Steering.from_vector(used_direction, LAYER, operator="ablate") if operator == "ablate" else
+                Steering.from_vector(used_direction, LAYER, positions="all", operator="cap", cap=(None, 0.0)))
+    want = hf_ids(hf, PROMPTS, steering)
+    assert want != hf_ids(hf, PROMPTS)  # the operator is visible: this test can fail
+    assert vllm_ids(engine, PROMPTS, steering) == want
+
+
+def test_mixed_operators_across_requests_in_one_call(engine, hf, used_direction, monkeypatch):
+    """add / ablate / cap / none rows, each with its own positions and layers, in one engine call:
+    each row equals the HF hook path on that prompt alone."""
+    d, v = engine.d_model, used_direction
+    rows = [Steering.from_vector(v, LAYER, operator="ablate"), None,
+            Steering.from_vector(v, LAYER, positions="all", operator="cap", cap=(None, 0.0)),
+            Steering({LAYER: direction(1, d)}, "response"),
+            Steering.from_vector(v, 7, positions="prompt", operator="ablate"),
+            Steering.from_vector(v, LAYER, operator="cap", cap=(-1.0, 1.0)).combine(
+                Steering.from_vector(v, 20, 0.05, "response")),
+            None, Steering.from_vector(v, LAYER, positions="all", operator="cap", cap=(5.0, None))]
+    calls = []
+    generate = engine.llm.generate
+    monkeypatch.setattr(engine.llm, "generate", lambda *a, **k: calls.append(len(a[0])) or generate(*a, **k))
+    got = vllm_ids(engine, PROMPTS, rows)
+    assert calls == [len(PROMPTS)]
+    solo = [hf_ids(hf, [p], s)[0] for p, s in zip(PROMPTS, rows)]
+    assert got == solo
+    plain = hf_ids(hf, PROMPTS)
+    assert sum(g != p for g, p in zip(got, plain)) >= 3  # the operators are visible
+
+
+def test_per_row_operator_steering_matches_hf(engine, hf, used_direction):
+    """A Steering.per_row mixing operators (the [batch, d] form) equals the batched HF hook path."""
+    from persona_lens.vectors import PersonaVector
+
+    pv = PersonaVector(used_direction.expand(engine.n_layers, -1).clone(), {"persona": "mean", "model_id": "smol"})
+    ops = ["ablate", "add", "cap", "add", "ablate", "cap", "add", "ablate"]
+    steering = Steering.per_row([pv] * len(PROMPTS), LAYER, [None, 0.05, None, 0.0, None, None, -0.05, None],
+                                operators=ops, caps=(None, 0.0))
+    assert vllm_ids(engine, PROMPTS, steering) == hf_ids(hf, PROMPTS, steering)

@@ -10,6 +10,7 @@ Run in ``.venv-vllm`` (``scripts/setup_vllm.sh``): ``OMP_NUM_THREADS=1 VLLM_CPU_
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import signal
 import socket
@@ -32,10 +33,11 @@ import openai  # noqa: E402
 
 from persona_lens.blend import blend  # noqa: E402
 from persona_lens.generation import generate  # noqa: E402
+from persona_lens.interop.vllm_worker import decode_vector  # noqa: E402
 from persona_lens.models import d_model, load_model, n_layers, resolve_model_name  # noqa: E402
 from persona_lens.serve.protocol import RequestError  # noqa: E402
 from persona_lens.serve.vllm_launch import VECTORS_ENV, format_vectors, vllm_serve_command  # noqa: E402
-from persona_lens.serve.vllm_plugin import resolve, served_vectors  # noqa: E402
+from persona_lens.serve.vllm_plugin import resolve, salted, served_vectors  # noqa: E402
 from persona_lens.steering import Steering  # noqa: E402
 from persona_lens.vectors import PersonaVector  # noqa: E402
 
@@ -190,5 +192,32 @@ def test_resolve_refuses(vectors, monkeypatch, fields, names):
     try:
         with pytest.raises(RequestError, match=names):
             resolve(fields)
+    finally:
+        served_vectors.cache_clear()
+
+
+def test_vllm_plugin_reads_operator_fields(tmp_path, monkeypatch):
+    """``vllm_xargs`` ``operator``/``cap`` become the payload's projection in the API server
+    (``resolve``, run by vLLM's ``validate_params``); bad ones are named RequestErrors."""
+    v = PersonaVector(torch.randn(4, 8, generator=torch.Generator().manual_seed(0)), {"persona": "evil"})
+    monkeypatch.setenv(VECTORS_ENV, format_vectors({"evil": v.save(tmp_path / "evil.safetensors")}))
+    served_vectors.cache_clear()
+    try:
+        capped = resolve({"persona": "evil", "layer": 2, "operator": "cap", "cap": [None, 1.5]})
+        assert capped["steer"] == {} and capped["project"]["2"][1:] == [None, 1.5]
+        torch.testing.assert_close(decode_vector(capped["project"]["2"][0]), v.layer(2) / v.layer(2).norm())
+        assert resolve({"persona": "evil", "layer": 2, "operator": "ablate"})["project"]["2"][1:] == [0.0, 0.0]
+        assert "project" not in resolve({"persona": "evil", "layer": 2, "alpha": 2.0, "operator": "add"})
+        for fields, match in [({"persona": "evil", "layer": 2, "operator": "ablate", "alpha": 1}, "takes no alpha"),
+                              ({"persona": "evil", "layer": 2, "operator": "cap"}, "needs bounds"),
+                              ({"persona": "evil", "layer": 2, "operator": "cap", "cap": [2, 1]}, "above"),
+                              ({"persona": "evil", "layer": 2, "operator": "scale"}, "operator must be one of"),
+                              ({"operator": "ablate"}, "without persona")]:
+            with pytest.raises(RequestError, match=match):
+                resolve(fields)
+        bodies = [{"messages": [], "vllm_xargs": {"persona": "evil", "layer": 2, "operator": op}} for op in
+                  ("ablate", "add")]
+        salts = {json.loads(salted(json.dumps(b).encode()))["cache_salt"] for b in bodies}
+        assert len(salts) == 2  # the operator is part of the prefix-cache salt
     finally:
         served_vectors.cache_clear()

@@ -14,6 +14,10 @@ monitor score and trait score. ``run(..., backend=...)``: a
 generates those answers and the embedding judge's training answers; the scores are always read
 by the model's HF hooks. The result holds the numbers (and a bounded sample of the
 (score, trait score) pairs for :func:`persona_lens.viz.monitor.figures`).
+
+``run(model, GradedMonitorConfig(persona=..., layers=...), vector=v, judge=j, spec=s)`` runs the
+paper's monitoring experiment instead (graded system prompts, Pearson r per layer with CI):
+:mod:`persona_lens.analysis.monitor_graded`.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import os
 import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import overload
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -38,10 +43,22 @@ from ..models import check_layer
 from ..stats import RunningStats, pearson
 from ..vectors import PersonaVector
 from .base import AnalysisConfig, AnalysisResult
+from .monitor_graded import (
+    DEFAULT_LEVELS,
+    ROWS_FILE,
+    GradedMonitorConfig,
+    GradedMonitorResult,
+    check_levels,
+    graded_prompts,
+    load_levels,
+    rescore,
+    run_graded,
+)
 from .projection import row_prompt, unit_directions
 
-__all__ = ["MonitorConfig", "MonitorResult", "RunningStats", "fit_judge", "iter_chunks", "monitor_scores", "pearson",
-           "run"]
+__all__ = ["DEFAULT_LEVELS", "ROWS_FILE", "GradedMonitorConfig", "GradedMonitorResult", "MonitorConfig", "MonitorResult",
+           "RunningStats", "check_levels", "fit_judge", "graded_prompts", "iter_chunks", "load_levels",
+           "monitor_scores", "pearson", "rescore", "run", "run_graded"]
 
 
 def monitor_scores(
@@ -188,23 +205,41 @@ def _responses(generate_ids: GenerateIds, chunk: list[dict], prompts: list,
     return responses
 
 
+@overload
+def run(model, config: MonitorConfig, *, vector: PersonaVector, judge: TraitScorer | None = None, spec=None,
+        progress: bool = True, backend=None) -> MonitorResult: ...
+
+
+@overload
+def run(model, config: GradedMonitorConfig, *, vector: PersonaVector, judge: TraitScorer | None = None, spec=None,
+        progress: bool = True, backend=None) -> GradedMonitorResult: ...
+
+
 def run(
     model,
-    config: MonitorConfig,
+    config: MonitorConfig | GradedMonitorConfig,
     *,
     vector: PersonaVector,
     judge: TraitScorer | None = None,
     spec=None,
     progress: bool = True,
     backend=None,
-) -> MonitorResult:
+) -> MonitorResult | GradedMonitorResult:
     """Score every row of ``config.prompts``, streamed in chunks of ``config.chunk_size``, into
     ``config.out`` (written atomically). With ``judge`` and ``spec`` (the persona spec whose
     ``eval_prompt`` the judge reads) each row also gets a ``response`` and a ``trait_score``, and
     the result the Pearson r between ``score`` and ``trait_score``. A judge that must learn from
     examples first (the embedding proxy) is fitted with :func:`fit_judge`. ``backend`` (a
     :class:`persona_lens.backends.GenerationBackend` serving ``model``'s checkpoint; None: the HF
-    path on ``model``) generates every answer; the scores are read by ``model``'s HF hooks."""
+    path on ``model``) generates every answer; the scores are read by ``model``'s HF hooks.
+    A :class:`GradedMonitorConfig` runs :func:`run_graded` (judge and spec required)."""
+    if isinstance(config, GradedMonitorConfig):
+        if judge is None or spec is None:
+            raise ValueError("the graded monitoring experiment needs a judge and the persona spec")
+        fitted = fit_judge(judge, model, spec, max_new_tokens=config.max_new_tokens, batch_size=config.batch_size,
+                           backend=backend) if needs_fit(judge) else None
+        return run_graded(model, config, vector=vector, judge=judge, spec=spec, progress=progress, backend=backend,
+                          judge_fit=fitted)
     layer = check_layer(model, config.layer)
     vector.check_model(model)
     if judge is not None and spec is None:

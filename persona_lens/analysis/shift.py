@@ -36,9 +36,11 @@ import torch
 
 from ..activations import capture
 from ..chat import Messages, as_messages
+from ..errors import OperatorError
 from ..generation import backend_generation
 from ..io import atomic_write_json, atomic_write_text
 from ..models import check_layer, model_id, n_layers
+from ..operators import Operator
 from ..steering import Steering
 from ..vectors import PersonaVector
 from .base import AnalysisConfig, AnalysisResult
@@ -208,15 +210,21 @@ def run(
 
 
 def preventative_steering(model, vector: PersonaVector | torch.Tensor, layer: int | Sequence[int],
-                          alpha: float) -> Steering:
+                          alpha: float | None = None, *, operator: Operator = "add",
+                          cap: Sequence[float | None] | None = None) -> Steering:
     """The :class:`Steering` to apply during fine-tuning forward passes (preventative steering).
 
-    ``alpha * v[layer]`` is added to ``blocks.{layer}.hook_resid_post`` at every position
-    (``positions="all"``), training forwards included (``use_cache=False``: every forward counts
-    as a prefill, all positions are steered); the added term is a constant, so gradients flow
-    through the model unchanged. Use it as::
+    ``operator="add"`` (the paper's): ``alpha * v[layer]`` is added to
+    ``blocks.{layer}.hook_resid_post`` at every position (``positions="all"``), training forwards
+    included (``use_cache=False``: every forward counts as a prefill, all positions are steered);
+    the added term is a constant, so gradients flow through the model unchanged.
+    ``operator="ablate"`` (no ``alpha``): the component along ``v[layer]`` is removed at every
+    position instead, ``h - (h . u) u``; the layers after it never see the direction, and the
+    gradient reaching the layer has its component along ``u`` removed too (the ablation is a
+    projection), so training cannot use that direction at that layer (``"cap"`` with
+    ``cap=(lo, hi)`` clamps it instead). Use it as::
 
-        steering = preventative_steering(model, v, layer=12, alpha=4.0)
+        steering = preventative_steering(model, v, layer=12, alpha=4.0)   # or operator="ablate"
         with steering.apply(model):
             for batch in loader:
                 loss = hf_causal_lm(model)(**batch, use_cache=False).loss
@@ -229,7 +237,9 @@ def preventative_steering(model, vector: PersonaVector | torch.Tensor, layer: in
         check_layer(model, l)
     if isinstance(vector, PersonaVector):
         vector.check_model(model)
-    st = Steering.from_vector(vector, layers, alpha, positions="all")
+    if operator == "add" and alpha is None:
+        raise OperatorError("preventative add steering needs alpha (the coefficient of h += alpha * v)")
+    st = Steering.from_vector(vector, layers, alpha, positions="all", operator=operator, cap=cap)
     st.validate(model)
     st.description["purpose"] = "preventative"
     return st

@@ -12,7 +12,7 @@ import sys
 import click
 
 from .._version import __version__
-from . import analysis, core, demo, evals, export, persona, serve
+from . import analysis, autotune, calibrate, core, demo, evals, export, fold, judge, monitor, persona, serve
 from .boundary import PersonaLensGroup
 
 
@@ -31,9 +31,10 @@ def cli(ctx: click.Context, debug: bool) -> None:
         ctx.obj["debug"] = debug
 
 
-for command in (core.info, persona.persona, core.extract_cmd, demo.sweep, core.steer, core.generate_cmd,
-                analysis.monitor, analysis.screen, analysis.blend_cmd, analysis.project, analysis.shift,
-                evals.eval_group, export.export, export.import_cmd, serve.serve_command, demo.demo):
+for command in (core.info, persona.persona, core.extract_cmd, demo.sweep, calibrate.calibrate, autotune.autotune,
+                core.steer, core.generate_cmd, monitor.monitor, analysis.screen, analysis.blend_cmd, analysis.project,
+                analysis.shift, evals.eval_group, judge.judge_group, export.export, export.import_cmd, fold.fold_cmd,
+                serve.serve_command, demo.demo):
     cli.add_command(command)
 
 

@@ -1,4 +1,4 @@
-"""Analysis commands: ``monitor``, ``screen``, ``blend``, ``project``, ``shift``."""
+"""Analysis commands: ``screen``, ``blend``, ``project``, ``shift`` (``monitor``: :mod:`.monitor`)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ from pathlib import Path
 
 import click
 
-from ..analysis import monitor as monitor_analysis
 from ..analysis import projection as projection_analysis
 from ..analysis import screen as screen_analysis
 from ..analysis import shift as shift_analysis
@@ -17,7 +16,7 @@ from ..backends import make_backend
 from ..blend import blend
 from ..interop import load_vector
 from ..personas import load_persona
-from ..viz import monitor as monitor_viz
+from ..vectors import check_compatible
 from ..viz import projection as projection_viz
 from ..viz import save_figure
 from ..viz import screen as screen_viz
@@ -31,91 +30,106 @@ from .options import (
     OutputPath,
     backend_options,
     input_files,
-    judge_options,
     max_new_tokens_option,
+    output_problem,
     positions_option,
 )
 
 VECTOR_HELP = "persona vector file (.safetensors, .pt or .gguf)"
 
 
-def _scoring_options(f):
-    """The vector, layer, output and chunking options of monitor and screen."""
-    for option in reversed([
-        click.option("--vector", type=INPUT_FILE, required=True, help=VECTOR_HELP),
-        click.option("--layer", type=click.IntRange(min=0), required=True,
-                     help="layer whose residual stream is projected (blocks.L.hook_resid_post)"),
-        click.option("--chunk-size", type=click.IntRange(min=1), default=256, help="rows read and written per chunk"),
-    ]):
-        f = option(f)
-    return f
-
-
-@click.command("monitor", short_help="projection score of each prompt's last token (before generating)")
-@click.argument("prompts", type=INPUT_FILE)
-@_scoring_options
-@click.option("--out", type=OutputPath(), required=True,
-              help="output JSONL: the input rows + 'score' (the summary, its config and the scatter plot go to "
-                   "the folder <out without .jsonl>.monitor/)")
-@judge_options(default="none", help="also generate, judge trait expression and report Pearson r: "
-                                    "none | openai:MODEL | local:MODEL | embedding")
-@click.option("--persona", default=None, show_default="the vector's persona",
-              help="persona name or spec file whose eval prompt the judge reads")
-@max_new_tokens_option(128, help="response length when --judge generates answers")
-@backend_options(batch_size=8, engine=True)
-def monitor(prompts, vector, layer, chunk_size, out, judge, persona, max_new_tokens, backend) -> int:
-    """Score every row of PROMPTS (JSONL; each row 'messages' or 'prompt' with an optional
-    'system') by the projection of its last prompt token onto the vector at --layer."""
-    check_jsonl(prompts, row_prompt)
-    v = load_vector(vector)
-    spec = load_persona(persona or v.name) if judge.kind != "none" else None
-    model = backend.load()
-    config = monitor_analysis.MonitorConfig(prompts=str(prompts), out=str(out), layer=layer,
-                                            max_new_tokens=max_new_tokens, chunk_size=chunk_size,
-                                            batch_size=backend.batch_size)
-    result = monitor_analysis.run(model, config, vector=v, judge=judge.build(model, backend.model), spec=spec,
-                                  backend=backend.generator(model))
-    folder = result.save(Path(out).with_suffix(".monitor"))
-    for name, fig in monitor_viz.figures(result).items():
-        save_figure(fig, folder / name)
-    summary = {key: value for key, value in result.to_dict().items() if key != "scatter"}
-    click.echo(json.dumps({**summary, "out": str(out), "result": str(folder)}, indent=2))
-    return 0
-
-
 @click.command("screen", short_help="flag training rows by projection difference vs the base model's own answer")
 @click.argument("data", type=INPUT_FILE)
-@_scoring_options
-@click.option("--out", type=OutputPath(), required=True,
-              help="output JSONL: rows + projection, base_projection, projection_diff (the summary, its config, the "
-                   "flagged rows top.jsonl and the histogram go to the folder <out without .jsonl>.screen/)")
-@click.option("--top", type=click.IntRange(min=1), default=20, help="print and write the K most flagged rows")
-@click.option("--base-cache", type=OutputPath(), default=None, show_default="<out>.base_cache.jsonl",
+@click.option("--vector", "vectors", type=INPUT_FILE, multiple=True, required=True,
+              help=f"{VECTOR_HELP}; repeat for several traits (one capture pass screens them all)")
+@click.option("--layer", type=click.IntRange(min=0), default=None,
+              help="layer whose residual stream is projected (blocks.L.hook_resid_post)")
+@click.option("--layers", type=NumberList(int, minimum=0), default=None,
+              help="several layers, comma separated (e.g. 8,12,16): read in the same pass")
+@click.option("--chunk-size", type=click.IntRange(min=1), default=256, help="rows read and written per chunk")
+@click.option("--out", type=click.Path(path_type=Path), required=True,
+              help="one --vector and --layer: the output JSONL (rows + projection, base_projection, projection_diff; "
+                   "the summary, top.jsonl and the histogram go to the folder <out without .jsonl>.screen/). "
+                   "Several --vector or --layers: an output FOLDER (scores.csv, scored.jsonl, result.json, top.jsonl, "
+                   "figures with their JSON/CSV)")
+@click.option("--top", type=click.IntRange(min=1), default=20,
+              help="print and write the K most flagged rows (per trait and layer)")
+@click.option("--base-cache", type=OutputPath(), default=None,
+              show_default="<out>.base_cache.jsonl, or <out>/base_cache.jsonl for a folder",
               help="base-response cache JSONL (resumable)")
 @max_new_tokens_option(128, help="length of the base model's own responses")
 @backend_options(batch_size=8, engine=True)
-def screen(data, vector, layer, chunk_size, out, top, base_cache, max_new_tokens, backend) -> int:
+def screen(data, vectors, layer, layers, chunk_size, out, top, base_cache, max_new_tokens, backend) -> int:
     """Score every training row of DATA (JSONL; 'messages' ending with the assistant answer, or
     'prompt' + 'response') by the projection difference between its answer and the base
-    model's own answer to the same prompt."""
+    model's own answer to the same prompt. With several --vector (and/or --layers) every trait
+    is screened in one pass, and the report adds the mean ΔP per trait with its confidence
+    interval and the cross-trait leakage matrix (correlation of per-row ΔP between traits)."""
+    if (layer is None) == (layers is None):
+        raise click.UsageError("give exactly one of --layer L or --layers L1,L2,...")
+    multi = len(vectors) > 1 or layers is not None
+    out = Path(out).expanduser()
+    problem = output_problem(out, directory=multi)
+    if problem:
+        raise click.BadParameter(problem, param_hint="'--out'")
     check_jsonl(data, training_row)
-    v = load_vector(vector)
+    loaded = [load_vector(v) for v in vectors]
+    check_compatible(loaded)  # same width, layers and model: before the model loads
+    if multi:
+        return _screen_traits(data, loaded, sorted(set(layers or [layer])), chunk_size, out, top, base_cache,
+                              max_new_tokens, backend)
     model = backend.load()
     config = screen_analysis.ScreenConfig(data=str(data), out=str(out), layer=layer,
                                           base_cache=None if base_cache is None else str(base_cache), top_k=top,
                                           chunk_size=chunk_size, max_new_tokens=max_new_tokens,
                                           batch_size=backend.batch_size)
-    result = screen_analysis.run(model, config, vector=v, backend=backend.generator(model))
+    result = screen_analysis.run(model, config, vector=loaded[0], backend=backend.generator(model))
     folder = result.save(Path(out).with_suffix(".screen"))
     figures = {name: str(save_figure(fig, folder / name)) for name, fig in screen_viz.figures(result).items()}
     click.echo(f"screened {result.n} rows ({result.n_scored} scored); mean ΔP = {result.mean_projection_diff}")
     click.echo(f"top {len(result.top)} by projection difference (ΔP) along {result.vector} at layer {layer}:")
     for rank, row in enumerate(result.top, 1):
-        prompt, response = training_row(row)
-        user = prompt[-1]["content"].replace("\n", " ")
-        click.echo(f"{rank:3d}. row {row['index']:>6}  ΔP={row['projection_diff']:+.4f}  {user[:50]!r} -> "
-                   f"{response.replace(chr(10), ' ')[:70]!r}")
+        _echo_row(rank, row["index"], row["projection_diff"], row)
     click.echo(json.dumps({"out": str(out), "result": str(folder), "top": str(folder / screen_analysis.TOP_FILE),
+                           "base_cache": str(config.base_cache_path), "figures": figures}, indent=2))
+    return 0
+
+
+def _echo_row(rank: int, index: int, diff: float, row: dict) -> None:
+    prompt, response = training_row(row)
+    user = prompt[-1]["content"].replace("\n", " ")
+    click.echo(f"{rank:3d}. row {index:>6}  ΔP={diff:+.4f}  {user[:50]!r} -> {response.replace(chr(10), ' ')[:70]!r}")
+
+
+def _screen_traits(data, vectors, layers, chunk_size, out, top, base_cache, max_new_tokens, backend) -> int:
+    """The multi-trait form of ``screen``: one pass, a folder of scores, report and figures."""
+    model = backend.load()
+    config = screen_analysis.MultiScreenConfig(data=str(data), out=str(out), layers=tuple(layers),
+                                               base_cache=None if base_cache is None else str(base_cache),
+                                               top_k=top, chunk_size=chunk_size, max_new_tokens=max_new_tokens,
+                                               batch_size=backend.batch_size)
+    result = screen_analysis.run_multi(model, config, vectors=vectors, backend=backend.generator(model))
+    folder = result.save(out)
+    figures = {name: str(path) for name, path in screen_viz.save_multi_figures(result, folder).items()}
+    click.echo(f"screened {result.n} rows ({result.n_scored} scored) on {len(result.traits)} trait(s) "
+               f"at layer(s) {result.layers}")
+    for at in result.layers:
+        click.echo(f"layer {at}: traits by mean ΔP ({int(round(100 * config.confidence))} % CI):")
+        for c in result.ranking(at):
+            mean = "n/a" if c["mean"] is None else f"{c['mean']:+.4f}"
+            ci = "" if c["ci_low"] is None else f"  [{c['ci_low']:+.4f}, {c['ci_high']:+.4f}]"
+            click.echo(f"  {c['trait']:<24} ΔP={mean}{ci}  positive {c['fraction_positive']}")
+        corr = result.leakage[str(at)]["correlation"]
+        click.echo("  leakage (correlation of per-row ΔP): " + "; ".join(
+            f"{a}~{b} {'n/a' if corr[i][j] is None else format(corr[i][j], '+.2f')}"
+            for i, a in enumerate(result.traits) for j, b in enumerate(result.traits) if j > i))
+        for trait in result.traits:
+            rows = result.top.get(screen_analysis.column_label(trait, at), [])[:5]
+            click.echo(f"  top {len(rows)} along {trait}:")
+            for rank, r in enumerate(rows, 1):
+                _echo_row(rank, r["index"], r["projection_diff"], r["row"])
+    click.echo(json.dumps({"out": str(folder), "scores": str(folder / "scores.csv"),
+                           "scored": str(folder / "scored.jsonl"), "top": str(folder / "top.jsonl"),
                            "base_cache": str(config.base_cache_path), "figures": figures}, indent=2))
     return 0
 

@@ -27,7 +27,7 @@ from ..errors import JudgeError, UnknownModelError
 from ..interop.vllm import INSTALL_HINT
 
 POSITIONS = ("response", "prompt", "all")
-JUDGE_HELP = "none | openai:MODEL | local:MODEL | embedding (offline proxy)"
+JUDGE_HELP = "none | openai:MODEL | local:MODEL | embedding (offline proxy) | lexicon:NAME|FILE.json (offline, deterministic) | calibrated:PATH (fitted by judge calibrate)"
 
 
 # --------------------------------------------------------------------------- parameter types
@@ -278,6 +278,13 @@ class JudgeOptions:
                 models.resolve_model_name(name or models.DEFAULT_MODEL)
             except UnknownModelError as exc:
                 raise JudgeError(f"--judge {self.spec}: {exc}") from None
+        elif kind == "calibrated":  # the file and its feature model's name, without loading the model
+            judges.calibrated.check_calibrated_file(name or "")
+        elif kind == "lexicon":  # the file exists and is a valid lexicon: a usage error (exit 2)
+            try:
+                self.build()
+            except JudgeError as exc:
+                raise click.BadParameter(str(exc), param_hint="'--judge'") from None
         else:
             self.build()
 
@@ -290,6 +297,8 @@ class JudgeOptions:
             options = {"base_url": self.base_url, "api_key_env": self.api_key_env}
         elif kind == "local" and model is not None and name == model_name:
             options = {"model": model}
+        elif kind == "calibrated":  # reuses ``model`` if it is the one the judge's features read
+            options = {"shared_model": model}
         return judges.make_judge(self.spec, **options)
 
 
@@ -359,3 +368,26 @@ def decoding_options(*, max_new_tokens: int, top_p: bool = True) -> Callable:
 
 def positions_option(help: str = "tokens steered: response = last prompt token + generated tokens") -> Callable:
     return click.option("--positions", type=click.Choice(POSITIONS), default="response", help=help)
+
+
+THREADS_HELP = "torch CPU threads: a number, 'default' (torch's) or 'auto' (1 when the machine is oversubscribed)"
+
+
+def _threads_value(ctx, param, value: str) -> str:
+    if value not in ("auto", "default") and not (value.isdigit() and int(value) >= 1):
+        raise click.BadParameter(f"{value!r}: expected a number >= 1, 'default' or 'auto'")
+    return value
+
+
+def threads_option() -> Callable:
+    """``--threads N|default|auto`` (checked here; applied by :func:`persona_lens.demo.set_threads`)."""
+    return click.option("--threads", default="auto", callback=_threads_value, help=THREADS_HELP)
+
+
+def strength_option() -> Callable:
+    """``--strength S``: the calibrated dose (needs a vector with a dose card, see ``calibrate``)."""
+    return click.option(
+        "--strength", type=FiniteFloat(), default=None,
+        help="calibrated dose instead of --alpha: the fraction of the measured unsteered-to-positive-prompt "
+             "trait gap (0 = unsteered, 1 = as strong as the positive system prompt, < 0 suppresses); "
+             "mapped to alpha through the vector's dose card (persona-lens calibrate)")

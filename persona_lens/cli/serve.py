@@ -43,7 +43,8 @@ class NamedFile(click.ParamType):
 def serve_command(vectors, host, port, max_batch_size, batch_wait_ms, max_new_tokens, backend, vllm_args) -> int:
     """Serve --model at http://HOST:PORT/v1 (/chat/completions, /completions, /models). A request
     steers with body fields persona (a --vector NAME or a list to blend, with weights), alpha,
-    layer(s) and positions, and may ask monitor: [NAMES] for per-token projections.
+    layer(s) and positions, and may ask monitor: [NAMES] for per-token projections. With a
+    vector calibrated by `persona-lens calibrate`, strength (a calibrated dose) replaces alpha.
 
     --backend vllm runs vLLM's own OpenAI server with persona_lens' plugin instead (the steering
     fields go in the body's vllm_xargs; no monitor); arguments after -- go to vLLM as given, e.g.

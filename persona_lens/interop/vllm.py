@@ -9,7 +9,8 @@ belongs to. Hence:
 * ``generate(prompts, steering)``: one engine call for the whole batch, whatever the steering:
   one :class:`~persona_lens.steering.Steering` for every row, a per-row one
   (:meth:`Steering.per_row`, ``[batch, d]`` deltas) or a list with one ``Steering | None`` per
-  row (each row its own vectors, alpha, layers and positions). ``positions`` is the one policy
+  row (each row its own vectors, alpha, operator — ``add``, ``ablate``, ``cap`` — layers and
+  positions). ``positions`` is the one policy
   of :mod:`persona_lens.positions` (``response``: last prompt token + every generated token;
   ``prompt``; ``all``), applied per token from vLLM's own per-token positions, so chunked
   prefill and decode steps are steered exactly as HF's single prefill + decode.
@@ -171,9 +172,7 @@ class VLLMBackend:
         if isinstance(steering, Steering):
             if steering.batch_size not in (None, n):
                 raise ValueError(f"per-row steering has {steering.batch_size} rows for {n} prompts")
-            picked = [steering.select([r]) for r in range(n)]  # [1, d] rows of a per-row steering
-            rows = [Steering({l: d[0] if d.ndim == 2 else d for l, d in s.deltas.items()}, s.positions)
-                    for s in picked]
+            rows = [steering.row(r) for r in range(n)]  # [d] rows of a per-row steering
         else:
             rows = list(steering)
             if len(rows) != n:
@@ -183,12 +182,13 @@ class VLLMBackend:
             if s is None or s.is_noop:
                 out.append(None)
                 continue
-            for layer, delta in s.deltas.items():
+            if s.batch_size is not None:
+                raise VectorShapeError(f"a row steering must be one row ([d] tensors), got {s.batch_size} rows")
+            for layer in s.layers:
                 self._check_layer(layer)
-                if delta.ndim != 1:
-                    raise VectorShapeError(f"a row steering's delta at layer {layer} must be [d], got {tuple(delta.shape)}")
-                if delta.shape[-1] != self.d_model:
-                    raise VectorShapeError(f"steering vector width {delta.shape[-1]} does not match d_model {self.d_model}")
+            for t in [*s.deltas.values(), *s.units.values()]:
+                if t.shape[-1] != self.d_model:
+                    raise VectorShapeError(f"steering vector width {t.shape[-1]} does not match d_model {self.d_model}")
             out.append(s)
         return out
 
@@ -246,7 +246,7 @@ class VLLMBackend:
         sampling = dict(max_tokens=int(max_new_tokens), temperature=float(temperature),
                         top_p=float(top_p) if temperature > 0 else 1.0, stop_token_ids=stops, detokenize=False)
         # Row i samples with seed + i: repeated prompts (several samples per question) must differ.
-        requests = [self._request(p, request_payload(s.deltas, s.positions) if s is not None else None,
+        requests = [self._request(p, steering_payload(s) if s is not None else None,
                                   {**sampling, "seed": None if seed is None else seed + i})
                     for i, (p, s) in enumerate(zip(ids, rows))]
         outputs = self.llm.generate([r[0] for r in requests], [r[1] for r in requests], use_tqdm=False)
@@ -286,8 +286,8 @@ class VLLMBackend:
             requests = []
             for i, key in zip(chunk, keys):
                 s = rows[i]
-                payload = request_payload(s.deltas if s is not None else {}, s.positions if s is not None else "all",
-                                          prompt_len=len(p_ids[i]), capture=layers, capture_key=key)
+                payload = steering_payload(s if s is not None else Steering({}, "all"),
+                                           prompt_len=len(p_ids[i]), capture=layers, capture_key=key)
                 requests.append(self._request(p_ids[i] + (r_ids[i] if r_ids else []), payload, sampling, salt=key))
             self.llm.generate([r[0] for r in requests], [r[1] for r in requests], use_tqdm=False)
             captured: dict[str, dict[int, torch.Tensor]] = {k: {} for k in keys}
@@ -307,6 +307,12 @@ class VLLMBackend:
         return Captured(layers, out)
 
 
+def steering_payload(steering: Steering, **kwargs: Any) -> dict[str, Any]:
+    """The request payload of one row's ``[d]`` steering (add deltas and ablate/cap projections);
+    ``kwargs`` as :func:`~persona_lens.interop.vllm_worker.request_payload`."""
+    return request_payload(steering.deltas, steering.positions, units=steering.units, bounds=steering.bounds, **kwargs)
+
+
 def _reduce_row(h: torch.Tensor, batch, out: dict[str, torch.Tensor], row: int, j: int) -> None:
     """Reduce one row's ``[tokens, d]`` stream into ``out[reduction][row, j]``."""
     masks = {"response_mean": batch.response_mask[0], "prompt_mean": batch.prompt_mask[0]}
@@ -317,4 +323,4 @@ def _reduce_row(h: torch.Tensor, batch, out: dict[str, torch.Tensor], row: int, 
         out["last_prompt"][row, j] = h[int(batch.last_prompt_index[0])]
 
 
-__all__ = ["VLLMBackend", "INSTALL_HINT", "WORKER_EXTENSION"]
+__all__ = ["VLLMBackend", "INSTALL_HINT", "WORKER_EXTENSION", "steering_payload"]

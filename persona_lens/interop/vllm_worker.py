@@ -7,18 +7,19 @@ rank holds (:func:`install_hooks`; under ``vllm serve`` the plugin
 :mod:`persona_lens.serve.vllm_plugin` calls it on every worker as it loads the model). Nothing else of vLLM is replaced: its scheduler, KV cache and batching run as usual.
 
 Each request carries its own steering in ``SamplingParams.extra_args["persona_lens"]``
-(:func:`request_payload`): per layer an additive delta (float32, base64), the position policy,
-and optionally the prompt length (capture feeds prompt + response as one vLLM prompt) and the
+(:func:`request_payload`): per layer an additive delta (float32, base64) and/or an ``ablate``/``cap``
+projection (unit direction and bounds), the position policy, and optionally the prompt length (capture feeds prompt + response as one vLLM prompt) and the
 layers to capture. At every engine step a pre-hook on the model reads the step's batch from
 the model runner (``input_batch.req_ids`` with ``query_start_loc``: which flat token rows belong
 to which request) and the per-token ``positions`` vLLM passes to the model, which are exactly
 each token's index in its sequence, so chunked prefill and decode look alike. The one position
 policy (:mod:`persona_lens.positions`) turns ``(positions, prompt length)`` into the tokens to
-steer; each decoder layer's forward hook adds every selected token's own request delta.
+steer; each decoder layer's forward hook applies every selected token's own request operator,
+by the one formula of :func:`persona_lens.operators.update` (the HF hook path's).
 
 vLLM's decoder layers return ``(mlp_out, residual)`` and leave the sum to the next layer's fused
-add-norm. A steered layer returns ``(mlp_out + residual + delta, 0)`` instead: the residual
-stream is materialised in the order HF adds (``(residual + mlp_out) + delta``), so fp32
+add-norm. A steered layer returns ``(mlp_out + residual + change, 0)`` instead: the residual
+stream is materialised in the order HF adds (``(residual + mlp_out) + change``), so fp32
 generations match HF token for token, and the next fused add is exact (``x + 0``).
 
 Hooks run eagerly: the engine is booted with ``enforce_eager=True`` (no torch.compile / CUDA
@@ -30,6 +31,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +39,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..operators import OPEN, update
 from ..positions import Positions, check_positions, in_window, window
 
 KEY = "persona_lens"  # the SamplingParams.extra_args entry
@@ -55,16 +58,25 @@ def request_payload(
     deltas: Mapping[int, Tensor],
     positions: Positions = "response",
     *,
+    units: Mapping[int, Tensor] | None = None,
+    bounds: Mapping[int, Tensor] | None = None,
     prompt_len: int | None = None,
     capture: Sequence[int] = (),
     capture_key: str | None = None,
 ) -> dict[str, Any]:
     """The ``extra_args["persona_lens"]`` of one request. ``deltas[l]`` is ``alpha * v[l]``
-    (``[d]``); all-zero deltas are dropped (alpha 0 is exactly unsteered)."""
+    (``[d]``); all-zero deltas are dropped (alpha 0 is exactly unsteered). ``units[l]`` (``[d]``
+    unit direction) with ``bounds[l]`` (``(lo, hi)``) is an ``ablate``/``cap`` projection
+    (:mod:`persona_lens.operators`), sent as ``project: {l: [unit, lo, hi]}`` (``None`` = open side)."""
     payload: dict[str, Any] = {
         "steer": {str(int(l)): encode_vector(d) for l, d in sorted(deltas.items()) if bool(d.any())},
         "positions": check_positions(positions),
     }
+    bounds = bounds or {}
+    project = {str(int(l)): [encode_vector(u), *(_bound(float(b)) for b in bounds[l])]
+               for l, u in sorted((units or {}).items()) if bool(u.any())}
+    if project:
+        payload["project"] = project
     if prompt_len is not None:
         payload["prompt_len"] = int(prompt_len)
     if capture:
@@ -75,6 +87,11 @@ def request_payload(
     return payload
 
 
+def _bound(b: float) -> float | None:
+    """A bound for JSON (which has no infinity): ``None`` for an open side."""
+    return None if math.isinf(b) else b
+
+
 def fingerprint(payload: Mapping[str, Any]) -> str:
     """A stable digest of a payload: the request's ``cache_salt``, so KV blocks computed under
     one steering are never reused by a request with another (or none)."""
@@ -82,22 +99,42 @@ def fingerprint(payload: Mapping[str, Any]) -> str:
 
 
 class _Request:
-    """A payload parsed once per request (vectors on the model's device and dtype)."""
+    """A payload parsed once per request: per layer ``(delta, unit, lo, hi)`` in float32 on the
+    model's device (a zero delta / unit where the layer only projects / only adds)."""
 
     def __init__(self, payload: Mapping[str, Any], prompt_len: int, device, dtype) -> None:
         self.positions: Positions = check_positions(payload.get("positions", "response"))
         self.prompt_len = int(payload.get("prompt_len", prompt_len))
-        self.steer = {int(l): decode_vector(v).to(device=device, dtype=dtype) for l, v in payload.get("steer", {}).items()}
+        deltas = {int(l): decode_vector(v).to(device) for l, v in payload.get("steer", {}).items()}
+        project = {int(l): (decode_vector(u).to(device), -math.inf if lo is None else float(lo),
+                            math.inf if hi is None else float(hi))
+                   for l, (u, lo, hi) in payload.get("project", {}).items()}
+        width = next((t.shape[0] for t in [*deltas.values(), *(p[0] for p in project.values())]), 0)
+        zero = torch.zeros(width, device=device)
+        self.steer: dict[int, tuple[Tensor, Tensor, float, float]] = {
+            l: (deltas.get(l, zero), *project.get(l, (zero, *OPEN))) for l in sorted({*deltas, *project})}
         self.capture = [int(l) for l in payload.get("capture", [])]
         self.capture_key = str(payload.get("capture_key", ""))
 
 
+@dataclass
+class LayerSteer:
+    """One layer's steered token rows and, per row, the operator's ``delta``/``unit`` (``[n, d]``)
+    and projection bounds ``lo``/``hi`` (``[n]``)."""
+
+    rows: Tensor
+    delta: Tensor
+    unit: Tensor
+    lo: Tensor
+    hi: Tensor
+
+
 class StepPlan:
-    """What one engine forward does: per layer, the flat token rows to steer with the delta rows
-    to add (``index_add``), and the token rows/positions to capture per request."""
+    """What one engine forward does: per layer, the flat token rows to steer with each row's
+    operator (:class:`LayerSteer`), and the token rows/positions to capture per request."""
 
     def __init__(self) -> None:
-        self.steer: dict[int, tuple[Tensor, Tensor]] = {}
+        self.steer: dict[int, LayerSteer] = {}
         self.capture: dict[int, list[tuple[str, Tensor, Tensor]]] = {}
 
     @classmethod
@@ -105,7 +142,7 @@ class StepPlan:
         """``requests[i]`` owns flat rows ``query_start_loc[i]:query_start_loc[i+1]`` of this
         forward; ``positions[row]`` is that token's index in its sequence."""
         plan = cls()
-        steer: dict[int, tuple[list[Tensor], list[Tensor]]] = {}
+        steer: dict[int, list[list]] = {}
         # A copy: vLLM reuses its positions buffer for the next step (on CPU .to() would alias it).
         pos_cpu = positions.detach().to("cpu", torch.long, copy=True)
         for i, req in enumerate(requests):
@@ -119,15 +156,19 @@ class StepPlan:
             if req.steer:
                 lo, hi = window(req.positions, torch.tensor([req.prompt_len]))
                 chosen = rows[in_window(pos[None], lo, hi)[0]]
-                if len(chosen):
-                    for layer, vec in req.steer.items():
-                        idx, src = steer.setdefault(layer, ([], []))
-                        idx.append(chosen)
-                        src.append(vec.expand(len(chosen), -1))
+                n = len(chosen)
+                if n:
+                    for layer, (delta, unit_dir, b_lo, b_hi) in req.steer.items():
+                        parts = steer.setdefault(layer, [[], [], [], [], []])
+                        parts[0].append(chosen)
+                        parts[1].append(delta.expand(n, -1))
+                        parts[2].append(unit_dir.expand(n, -1))
+                        parts[3].append(torch.full((n,), b_lo))
+                        parts[4].append(torch.full((n,), b_hi))
             for layer in req.capture:
                 plan.capture.setdefault(layer, []).append((req.capture_key, rows, pos))
         device = positions.device
-        plan.steer = {l: (torch.cat(idx).to(device), torch.cat(src)) for l, (idx, src) in steer.items()}
+        plan.steer = {l: LayerSteer(*(torch.cat(p).to(device) for p in parts)) for l, parts in steer.items()}
         return plan
 
     @property
@@ -144,9 +185,9 @@ def apply_layer(output: Any, plan: StepPlan, layer: int, store: dict) -> Any:
     fused = isinstance(output, tuple)
     hidden, residual = (output[0], output[1]) if fused else (output, None)
     stream = hidden + residual if residual is not None else hidden.clone()
-    if steer is not None:
-        idx, src = steer
-        stream.index_add_(0, idx, src.to(stream.dtype))
+    if steer is not None:  # the operators' one formula, on the steered rows only
+        change = update(stream[steer.rows], steer.delta, steer.unit, steer.lo, steer.hi)
+        stream.index_add_(0, steer.rows, change)
     for key, rows, pos in captures or ():
         store.setdefault(key, {}).setdefault(layer, []).append((pos, stream[rows.to(stream.device)].float().cpu()))
     if steer is None:
@@ -270,4 +311,4 @@ def decode_rows(shape: Sequence[int], data: bytes) -> Tensor:
 
 
 __all__ = ["SteeringWorkerExtension", "StepPlan", "install_hooks", "fingerprint", "request_payload", "apply_layer",
-           "decode_rows", "KEY"]
+           "decode_rows", "KEY", "LayerSteer"]

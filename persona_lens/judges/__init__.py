@@ -1,6 +1,6 @@
 """Judges: score how strongly a response shows a trait (0-100), and how coherent it is.
 
-``make_judge("openai:MODEL" | "local:MODEL" | "embedding" | "none", **options)`` builds one
+``make_judge("openai:MODEL" | "local:MODEL" | "embedding" | "lexicon:NAME" | "calibrated:PATH" | "none", **options)`` builds one
 (:mod:`persona_lens.judges.registry`):
 
 - :class:`OpenAIJudge` - any OpenAI-compatible endpoint; the Persona Vectors rule
@@ -8,6 +8,11 @@
 - :class:`LocalJudge` - the same rule on a local model's exact number distribution.
 - :class:`EmbeddingJudge` - an offline proxy (MiniLM embeddings + logistic regression), not
   the paper's judge; it must be fitted on example answers first (:func:`needs_fit`).
+- :class:`LexiconJudge` - a deterministic offline proxy: weighted marker words/regexes per 100
+  words mapped to 0-100 (``lexicon:NAME`` built-in or ``lexicon:FILE.json``); needs no fit.
+- :class:`CalibratedJudge` - a small ridge scorer on activations (or embeddings) fitted to another
+  judge's labels, refused unless its cross-validated agreement (Pearson r, Cohen's kappa) is high
+  enough (``calibrated:PATH``, written by ``persona-lens judge calibrate``).
 
 What a judge can do is described by protocols (:class:`TraitScorer`, :class:`CoherenceScorer`,
 :class:`Fittable`, :class:`TextGenerator`), not by its class.
@@ -26,7 +31,9 @@ from .base import (
     weighted_score,
 )
 from .cache import JudgeCache, cache_key, default_cache_dir
+from .calibrated import CalibratedJudge, fit_calibrated_judge
 from .embedding import EmbeddingJudge, embed_texts
+from .lexicon import LexiconJudge, builtin_lexicons
 from .local import LocalJudge
 from .openai import OpenAIJudge
 from .prompts import COHERENCE_PROMPT, SpecOrPrompt, coherence_prompt, trait_prompt
@@ -34,23 +41,27 @@ from .registry import JUDGE_REGISTRY, JudgeScheme, make_generator, make_judge, p
 
 __all__ = [
     "COHERENCE_PROMPT",
+    "CalibratedJudge",
     "CoherenceScorer",
     "EmbeddingJudge",
     "Fittable",
     "JUDGE_REGISTRY",
     "JudgeCache",
     "JudgeScheme",
+    "LexiconJudge",
     "LocalJudge",
     "OpenAIJudge",
     "PromptJudge",
     "SpecOrPrompt",
     "TextGenerator",
     "TraitScorer",
+    "builtin_lexicons",
     "cache_key",
     "coherence_prompt",
     "coherence_scores",
     "default_cache_dir",
     "embed_texts",
+    "fit_calibrated_judge",
     "make_generator",
     "make_judge",
     "needs_fit",

@@ -1,6 +1,6 @@
 """The judge registry: a judge spec such as ``"openai:gpt-4o-mini"`` names a scheme and a model.
 
-``JUDGE_REGISTRY`` maps each scheme (``none``, ``openai``, ``local``, ``embedding``) to a
+``JUDGE_REGISTRY`` maps each scheme (``none``, ``openai``, ``local``, ``embedding``, ``lexicon``) to a
 :class:`JudgeScheme` whose factory takes the part after ``"scheme:"`` (the model name, or None)
 plus keyword options (``base_url=``, ``api_key_env=``, ``cache_dir=`` for openai; ``model=``,
 ``device=`` for local...). ``make_judge(spec, **options)`` parses the spec and calls the factory;
@@ -15,7 +15,9 @@ from typing import Any
 
 from ..errors import JudgeError
 from .base import TextGenerator
+from .calibrated import CalibratedJudge
 from .embedding import EmbeddingJudge
+from .lexicon import LexiconJudge
 from .local import LocalJudge
 from .openai import OpenAIJudge
 
@@ -94,8 +96,14 @@ def _embedding_judge(name: str | None, **options: Any) -> EmbeddingJudge:
     return EmbeddingJudge(**options)
 
 
+def _lexicon_judge(name: str | None, **options: Any) -> LexiconJudge:
+    return LexiconJudge.load(name or "")
+
+
 register_judge("none", JudgeScheme(_no_judge, "none"))
 register_judge("openai", JudgeScheme(OpenAIJudge, "openai:MODEL", model_name="required"))
 register_judge("local", JudgeScheme(LocalJudge.from_name, "local:MODEL", model_name="optional",
                                     default_model="default"))
 register_judge("embedding", JudgeScheme(_embedding_judge, "embedding"))
+register_judge("lexicon", JudgeScheme(_lexicon_judge, "lexicon:NAME|FILE.json", model_name="required"))
+register_judge("calibrated", JudgeScheme(CalibratedJudge.load, "calibrated:PATH", model_name="required"))

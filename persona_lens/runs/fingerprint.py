@@ -84,4 +84,8 @@ def steering_fingerprint(steering) -> str | None:
     if steering is None:
         return None
     deltas = sorted(steering.deltas.items())
-    return f"{steering.positions}:{tensors_fingerprint((str(layer), d) for layer, d in deltas)}"
+    fp = f"{steering.positions}:{tensors_fingerprint((str(layer), d) for layer, d in deltas)}"
+    if steering.units:  # ablate/cap projections (an add-only steering keeps its fingerprint)
+        fp += ":" + tensors_fingerprint(part for layer in sorted(steering.units) for part in (
+            (f"unit{layer}", steering.units[layer]), (f"bounds{layer}", steering.bounds[layer])))
+    return fp

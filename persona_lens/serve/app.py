@@ -22,6 +22,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
+from ..dose import CARD_KEY
 from ..vectors import PersonaVector
 from .backends import RowResult, ServeBackend
 from .batcher import Batcher, Job
@@ -179,7 +180,8 @@ def create_app(backend: ServeBackend, vectors: dict[str, PersonaVector], *, mode
     @app.get("/v1/models")
     async def list_models():
         personas = [{"name": name, "n_layers": v.n_layers, "d_model": v.d_model, "model_id": v.model_id,
-                     "missing_layers": v.missing_layers} for name, v in vectors.items()]
+                     "missing_layers": v.missing_layers, "dose_card": CARD_KEY in v.metadata}
+                    for name, v in vectors.items()]  # dose_card: requests may ask for a calibrated strength
         return {"object": "list", "data": [{
             "id": model_name, "object": "model", "created": 0, "owned_by": "persona-lens",
             "backend": backend.name, "n_layers": backend.n_layers, "d_model": backend.d_model,

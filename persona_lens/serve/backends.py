@@ -69,11 +69,9 @@ def batch_steerings(steerings: Sequence[Steering | None], width: int) -> list[St
         members = {i for i, s in enumerate(steerings) if s is not None and s.positions == positions and not s.is_noop}
         if not members:
             continue
-        layers = sorted({l for i in members for l in steerings[i].deltas})  # type: ignore[union-attr]
-        zero = torch.zeros(width)
-        deltas = {l: torch.stack([steerings[i].deltas.get(l, zero) if i in members else zero  # type: ignore[union-attr]
-                                  for i in range(len(steerings))]) for l in layers}
-        out.append(Steering(deltas, positions, {"layers": layers, "positions": positions, "rows": sorted(members)}))
+        stacked = Steering.stack([s if i in members else None for i, s in enumerate(steerings)], width, positions)
+        stacked.description["rows"] = sorted(members)  # operators (ablate/cap) ride along in units/bounds
+        out.append(stacked)
     return out
 
 

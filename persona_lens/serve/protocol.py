@@ -11,8 +11,12 @@ Steering fields (top level of the body; the official ``openai`` client sends the
   :func:`persona_lens.blend.blend` (``blend``: the method, default ``mean``, or ``weighted`` when
   ``weights`` are given); or ``vector``: one inline direction (``d_model`` floats) used at every
   steered layer;
-* ``alpha`` (required with a persona), ``layer`` or ``layers``, ``positions``
+* ``alpha`` (required with a persona, unless ``strength``), ``layer`` or ``layers``, ``positions``
   (``response`` | ``prompt`` | ``all``; default ``response``);
+* ``strength`` instead of ``alpha``: the calibrated dose (:mod:`persona_lens.dose`; the fraction
+  of the measured unsteered-to-positive-prompt trait gap) of one persona whose vector has a dose
+  card; mapped to ``alpha`` at ``layer`` (default: the card's layer; positions default to the
+  card's) and echoed with the ``alpha`` used;
 * ``monitor``: names of loaded vectors; the response then carries each generated token's
   projection on ``v[layer] / ||v[layer]||`` at ``monitor_layer`` (default: the steered layer).
 
@@ -30,13 +34,23 @@ import torch
 
 from ..blend import BLEND_METHODS, blend
 from ..chat import Messages
-from ..errors import LayerOutOfRangeError, ModelMismatchError, NonFiniteError, VectorShapeError
+from ..dose import alpha_for_strength, read_card
+from ..errors import (
+    LayerOutOfRangeError,
+    ModelMismatchError,
+    NoDoseCardError,
+    NonFiniteError,
+    OperatorError,
+    StrengthOutOfRangeError,
+    VectorShapeError,
+)
+from ..operators import OPERATORS, check_operator
 from ..positions import POSITIONS
 from ..steering import Steering
 from ..vectors import PersonaVector
 
 ROLES = ("system", "user", "assistant")
-STEERING_FIELDS = ("alpha", "layer", "layers", "positions", "weights", "blend")
+STEERING_FIELDS = ("alpha", "strength", "operator", "cap", "layer", "layers", "positions", "weights", "blend")
 
 
 class RequestError(Exception):
@@ -228,6 +242,33 @@ def _direction(body: dict, vectors: dict[str, PersonaVector]) -> tuple[PersonaVe
     return blended, {"persona": names, "blend": method, "weights": blended.metadata["weights"]}
 
 
+def _calibrated(body: dict, direction: PersonaVector | torch.Tensor, blended: bool,
+                shape: ModelShape) -> tuple[float, list[int], str, dict]:
+    """``strength`` through the persona's dose card: (alpha, [layer], positions, what to echo)."""
+    if body.get("alpha") is not None:
+        raise RequestError("give either alpha or strength, not both", "strength")
+    strength = _number(body, "strength", 0.0)
+    if not isinstance(direction, PersonaVector) or blended:
+        raise RequestError("strength needs one persona whose vector has a dose card (not an inline vector or a "
+                           "blend)", "strength")
+    layer = None
+    if body.get("layer") is not None or body.get("layers") is not None:
+        given = _layers(body)
+        if len(given) != 1:
+            raise RequestError("strength steers at one layer (the dose card's curve is per layer)", "layers")
+        _check_layers(given, shape, "layer" if "layer" in body else "layers")
+        layer = given[0]
+    try:
+        card = read_card(direction, source=f"persona {direction.name!r}")
+        layer, alpha = alpha_for_strength(card, strength, layer)
+    except NoDoseCardError as exc:
+        raise RequestError(str(exc), "strength", code="no_dose_card") from None
+    except StrengthOutOfRangeError as exc:
+        raise RequestError(str(exc), "strength", code="strength_out_of_range") from None
+    positions = body.get("positions", card.positions)
+    return alpha, [layer], positions, {"strength": strength, "dose_judge": card.judge}
+
+
 def read_steering(body: dict, vectors: dict[str, PersonaVector], shape: ModelShape) -> tuple[Steering | None, dict]:
     """The request's :class:`Steering` (``None``: a plain generation) and its description."""
     if body.get("persona") is None and body.get("vector") is None:
@@ -236,12 +277,24 @@ def read_steering(body: dict, vectors: dict[str, PersonaVector], shape: ModelSha
             raise RequestError(f"{stray[0]} was given without persona (or vector): nothing to steer with", stray[0])
         return None, {}
     direction, described = _direction(body, vectors)
-    if body.get("alpha") is None:
-        raise RequestError("steering needs alpha (the coefficient of h += alpha * v)", "alpha")
-    alpha = _number(body, "alpha", 0.0)  # present: checked above
-    layers = _layers(body)
-    _check_layers(layers, shape, "layer" if "layer" in body else "layers")
-    positions = body.get("positions", "response")
+    operator = body.get("operator", "add")
+    if operator not in OPERATORS:
+        raise RequestError(f"operator must be one of {OPERATORS}, got {operator!r}", "operator")
+    if operator != "add":
+        return _projecting(body, direction, described, operator, shape)
+    if body.get("cap") is not None:
+        raise RequestError("cap is for operator 'cap'", "cap")
+    if body.get("strength") is not None:
+        alpha, layers, positions, dose = _calibrated(body, direction, "blend" in described, shape)
+        described = {**described, **dose}
+    else:
+        if body.get("alpha") is None:
+            raise RequestError("steering needs alpha (the coefficient of h += alpha * v) or strength (a calibrated "
+                               "dose)", "alpha")
+        alpha = _number(body, "alpha", 0.0)  # present: checked above
+        layers = _layers(body)
+        _check_layers(layers, shape, "layer" if "layer" in body else "layers")
+        positions = body.get("positions", "response")
     if positions not in POSITIONS:
         raise RequestError(f"positions must be one of {POSITIONS}, got {positions!r}", "positions")
     param = "vector" if isinstance(direction, torch.Tensor) else "persona"
@@ -253,6 +306,35 @@ def read_steering(body: dict, vectors: dict[str, PersonaVector], shape: ModelSha
     except VectorShapeError as exc:
         raise RequestError(str(exc), param) from None
     return steering, {**described, "alpha": alpha, "layers": layers, "positions": positions}
+
+
+def _projecting(body: dict, direction, described: dict, operator: str, shape: ModelShape) -> tuple[Steering, dict]:
+    """``operator`` ablate / cap: they set the projection on the vector, so take no alpha or strength."""
+    for name in ("alpha", "strength"):
+        if body.get(name) is not None:
+            raise RequestError(f"operator {operator!r} sets the projection on the vector and takes no {name}", name)
+    cap = body.get("cap")
+    if operator == "cap" and (not isinstance(cap, list) or len(cap) != 2):
+        raise RequestError("operator 'cap' needs cap: [lo, hi] (null leaves a side open)", "cap")
+    if operator == "ablate" and cap is not None:
+        raise RequestError("cap is for operator 'cap'", "cap")
+    layers = _layers(body)
+    _check_layers(layers, shape, "layer" if "layer" in body else "layers")
+    positions = body.get("positions", "response")
+    if positions not in POSITIONS:
+        raise RequestError(f"positions must be one of {POSITIONS}, got {positions!r}", "positions")
+    try:
+        steering = Steering.from_vector(direction, layers, None, positions, operator=check_operator(operator),
+                                        cap=tuple(cap) if cap is not None else None)
+        shape.validate(steering)
+    except OperatorError as exc:
+        raise RequestError(str(exc), "cap" if operator == "cap" else "operator") from None
+    except LayerOutOfRangeError as exc:
+        raise RequestError(str(exc), "layer" if "layer" in body else "layers") from None
+    except VectorShapeError as exc:
+        raise RequestError(str(exc), "vector" if isinstance(direction, torch.Tensor) else "persona") from None
+    return steering, {**described, "operator": operator, "layers": layers, "positions": positions,
+                      **({"cap": cap} if cap is not None else {})}
 
 
 def read_monitor(body: dict, vectors: dict[str, PersonaVector], shape: ModelShape,

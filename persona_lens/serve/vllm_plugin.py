@@ -8,7 +8,8 @@ Both pieces sit on vLLM's extension points (the command line that wires them is
   fields of ``vllm_xargs`` (vLLM copies them into ``SamplingParams.extra_args``) are read by the
   same rules as ``persona-lens serve`` (:func:`persona_lens.serve.protocol.read_steering`) and
   become per-layer deltas in ``extra_args["persona_lens"]``, which the workers' hooks apply per
-  token. A bad request raises ``VLLMValidationError``, which vLLM answers with HTTP 400 and the
+  token. ``operator`` (``add``, ``ablate``, ``cap``) and ``cap`` (``[lo, hi]``, ``null`` = open
+  side) choose the operator (:mod:`persona_lens.operators`; ``ablate``/``cap`` take no ``alpha``). A bad request raises ``VLLMValidationError``, which vLLM answers with HTTP 400 and the
   message; the engine never sees it. vLLM also builds one instance in every worker, as the model
   runner starts and before it loads the weights: that instance calls :func:`register`, which
   makes the worker hook its decoder layers (:func:`persona_lens.interop.vllm_worker.install_hooks`)
@@ -40,15 +41,16 @@ import torch
 from vllm.exceptions import VLLMValidationError
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor
 
-from ..errors import VectorShapeError
+from ..errors import OperatorError, VectorShapeError
 from ..interop import load_vector
-from ..interop.vllm_worker import KEY, fingerprint, install_hooks, request_payload
+from ..interop.vllm import steering_payload
+from ..interop.vllm_worker import KEY, fingerprint, install_hooks
 from ..steering import Steering
 from ..vectors import PersonaVector
 from .protocol import STEERING_FIELDS, RequestError, read_monitor, read_steering
 from .vllm_launch import VECTORS_ENV, parse_vectors
 
-REQUEST_FIELDS = ("persona", "vector", *STEERING_FIELDS, "monitor", "monitor_layer")
+REQUEST_FIELDS = ("persona", "vector", *STEERING_FIELDS, "monitor", "monitor_layer", "operator", "cap")
 SALTED_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/responses")
 
 
@@ -61,7 +63,7 @@ class VectorShape:
         self.n_layers, self.d_model = n_layers, d_model
 
     def validate(self, steering: Steering) -> None:
-        for delta in steering.deltas.values():
+        for delta in [*steering.deltas.values(), *steering.units.values()]:
             if delta.shape[-1] != self.d_model:
                 raise VectorShapeError(f"steering vector width {delta.shape[-1]} does not match the model's "
                                        f"d_model {self.d_model}")
@@ -131,9 +133,25 @@ def resolve(extra_args: dict[str, Any]) -> dict[str, Any] | None:
     if not fields:
         return None
     vectors, shape = served_vectors()
+    operator, cap = fields.pop("operator", None), fields.pop("cap", None)
+    projecting = operator not in (None, "add")
+    if (operator is not None or cap is not None) and fields.get("persona") is None and fields.get("vector") is None:
+        raise RequestError("operator/cap were given without persona (or vector): nothing to steer with",
+                           "operator" if operator is not None else "cap")
+    if projecting:
+        for name in ("alpha", "strength"):
+            if fields.get(name) is not None:
+                raise RequestError(f"operator {operator!r} sets the projection on the vector and takes no {name}", name)
+        fields["alpha"] = 1.0  # the direction itself: ablate/cap read its unit vector
     steering, described = read_steering(fields, vectors, shape)
     read_monitor(fields, vectors, shape, described.get("layers", []))
-    return None if steering is None else request_payload(steering.deltas, steering.positions)
+    if steering is None:
+        return None
+    try:
+        steering = steering.as_operator(operator or "add", cap)
+    except OperatorError as exc:
+        raise RequestError(str(exc), "cap" if cap is not None and operator in (None, "cap") else "operator") from None
+    return steering_payload(steering)
 
 
 class PersonaSteering(LogitsProcessor):

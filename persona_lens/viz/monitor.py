@@ -1,5 +1,7 @@
 """Figures of monitoring (:mod:`persona_lens.analysis.monitor`): monitor score vs judged trait
-expression, with Pearson r (:func:`persona_lens.stats.pearson`)."""
+expression, with Pearson r (:func:`persona_lens.stats.pearson`); for the graded experiment
+(:mod:`persona_lens.analysis.monitor_graded`) the paper's pair of figures: projection vs trait
+score at the best layer coloured by system-prompt level, and r by layer with its CI band."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..stats import pearson
-from .theme import as_array, color, graph_objects, style
+from .theme import as_array, color, graph_objects, layer_line, rgba, style
 
 
 def monitor_scatter(
@@ -52,9 +54,53 @@ def monitor_scatter_figure(scores: Sequence[float], trait_scores: Sequence[float
     return monitor_scatter(scores, trait_scores, r=r, title=title, yaxis_title="trait score (judge, 0-100)")
 
 
+def graded_scatter(result, layer: int | None = None):
+    """Projection at ``layer`` (default: the best) vs trait score of every prompt (its answer's, or
+    the mean of its ``samples_per_prompt`` answers') of a
+    :class:`persona_lens.analysis.monitor.GradedMonitorResult`, coloured by level (weakest first)."""
+    layer = result.best_layer if layer is None else layer
+    k = result.config.samples_per_prompt
+    corr = next(c for c in result.per_layer if c["layer"] == layer)
+    ci = "" if corr["ci_low"] is None else f" [{corr['ci_low']:.2f}, {corr['ci_high']:.2f}]"
+    r_txt = "n/a" if corr["r"] is None else f"{corr['r']:.2f}{ci}"
+    order = [lv["name"] for lv in sorted(result.levels, key=lambda lv: lv["strength"])]
+    rows = sorted(result.rows, key=lambda row: order.index(row["level"]))
+    return monitor_scatter([row["projection"][str(layer)] for row in rows], [row["trait_score"] for row in rows],
+                           [row["level"] for row in rows], r=corr["r"],
+                           title=f"Monitoring {result.persona} ({result.judge}): layer {layer}, r = {r_txt}, "
+                                 f"n = {corr['n']}",
+                           xaxis_title=f"last-prompt projection at layer {layer} (h · v/‖v‖)",
+                           yaxis_title="trait score of the answer (0-100)" if k == 1 else
+                           f"mean trait score of the prompt's {k} answers (0-100)")
+
+
+def r_by_layer(result):
+    """Pearson r (projection vs trait score) per layer with its confidence band."""
+    go = graph_objects()
+    rows = [c for c in result.per_layer if c["r"] is not None]
+    layers = [c["layer"] for c in rows]
+    fig = go.Figure()
+    banded = [c for c in rows if c["ci_low"] is not None]
+    if banded:
+        xs = [c["layer"] for c in banded]
+        fig.add_trace(go.Scatter(x=xs + xs[::-1], y=[c["ci_high"] for c in banded] + [c["ci_low"] for c in banded][::-1],
+                                 fill="toself", fillcolor=rgba(color(0), 0.2), line=dict(width=0), hoverinfo="skip",
+                                 name=f"{int(round(100 * banded[0]['confidence']))} % CI"))
+    fig.add_trace(go.Scatter(x=layers, y=[c["r"] for c in rows], mode="lines+markers", name="Pearson r",
+                             line=dict(color=color(0))))
+    layer_line(fig, result.best_layer, text="best")
+    return style(fig, f"Monitoring {result.persona}: projection-trait correlation by layer ({result.judge})",
+                 xaxis_title="layer", yaxis_title="Pearson r")
+
+
 def figures(result) -> dict:
     """The figures of a :class:`persona_lens.analysis.monitor.MonitorResult`: ``scatter`` (monitor
-    score vs judged trait score, from the result's sample) when it was judged, else none."""
+    score vs judged trait score, from the result's sample) when it was judged, else none; of a
+    ``GradedMonitorResult``: ``scatter`` (best layer, by level) and ``r_by_layer``."""
+    if hasattr(result, "per_layer"):
+        if result.best_layer is None:
+            return {}
+        return {"scatter": graded_scatter(result), "r_by_layer": r_by_layer(result)}
     if not result.scatter or not result.scatter["score"]:
         return {}
     r = (result.correlation or {}).get("r")
