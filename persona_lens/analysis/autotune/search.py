@@ -5,7 +5,6 @@ the package docstring): the model-facing :func:`persona_lens.analysis.autotune.r
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -13,11 +12,11 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ...stats import bootstrap_mean_ci
+from ..sweep.scoring import words
 from .pareto import crowding_distance, non_dominated_sort, promote
 
 OBJECTIVES = ("trait_effect", "coherence", "diversity")
 
-_WORD = re.compile(r"\w+", re.UNICODE)
 
 #: ``evaluate(alive, n_questions, new_questions) -> (per_candidate, baseline)``: for each alive
 #: candidate id, ``{objective: per-question values on the first n_questions}``; ``baseline``:
@@ -32,7 +31,7 @@ def answer_diversity(texts: Sequence[str]) -> np.ndarray:
     answers' lower-cased word sets (two empty answers: 1). The mean over answers is
     ``1 - mean pairwise similarity``: 0 when every answer is the same text, near 1 when the
     answers to different questions share few words. NaN for fewer than two answers."""
-    sets = [set(_WORD.findall((t or "").lower())) for t in texts]
+    sets = [set(words(t)) for t in texts]
     n = len(sets)
     out = np.full(n, np.nan)
     if n < 2:

@@ -18,6 +18,12 @@ _SPACE = re.compile(r"\s+")
 CHAR_NGRAM = 8
 
 
+def words(text: str | None) -> list[str]:
+    """The lower-cased words of ``text`` (``\\w+`` runs): what the text proxies (coherence here,
+    the autotuner's answer diversity) count."""
+    return _WORD.findall((text or "").lower())
+
+
 def text_coherence(text: str) -> dict:
     """A cheap degeneration check of one text (no judge needed).
 
@@ -27,11 +33,11 @@ def text_coherence(text: str) -> dict:
     0 for an empty text.
     """
     text = text or ""
-    words = _WORD.findall(text.lower())
-    n = len(words)
+    tokens = words(text)
+    n = len(tokens)
     if n == 0:
         return {"words": 0, "distinct": 0.0, "repetition": 1.0, "coherence": 0.0}
-    distinct = len(set(words)) / n
+    distinct = len(set(tokens)) / n
     s = _SPACE.sub(" ", text.lower()).strip()
     grams = [s[i:i + CHAR_NGRAM] for i in range(len(s) - CHAR_NGRAM + 1)]
     repetition = 1.0 - len(set(grams)) / len(grams) if grams else 0.0
